@@ -1,0 +1,182 @@
+"""The typed configuration tree, loaded from `params.yaml`.
+
+`params.yaml` is the single source of hyperparameters (DVC reads the same file). Every section is a
+pydantic model that rejects unknown keys and wrong types with the dotted key in the message, so a typo
+fails before any expensive work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gan_models.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Section):
+    """Sizes and seed of the offline `synthetic-svhn` dataset (defaults: the real SVHN's split sizes)."""
+
+    train_size: int = Field(73_257, gt=0)
+    test_size: int = Field(26_032, ge=0)
+    seed: int = 0
+    workers: int = Field(2, ge=1, description="processes rendering digits; does not change the bytes")
+
+
+class DataConfig(_Section):
+    """Which dataset to prepare and how."""
+
+    dataset: str = "synthetic-svhn"
+    root: Path = Path("data")
+    source: Path | None = Field(
+        None, description="directory holding the source files; default: $GANOPS_SOURCE_ROOT or a download"
+    )
+    download: bool = False
+    verify_source_md5: bool = True
+    svhn_extra: bool = Field(False, description="also prepare SVHN's 531,131-image extra split")
+    image_size: int = Field(32, ge=8, le=256, description="side of the square images (CelebA, image folders)")
+    channels: Literal[1, 3] = 3
+    center_crop: int | None = Field(None, gt=0, description="square crop before resizing; None: largest")
+    labels_per_class: int | None = Field(
+        100, gt=0, description="labelled training examples per class (semi-supervised split); None: all"
+    )
+    label_seed: int = 0
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _known_dataset(self) -> DataConfig:
+        from gan_models.data.sources import SOURCES  # late import: the registry imports this module
+
+        if self.dataset not in SOURCES:
+            raise ValueError(f"unknown dataset {self.dataset!r}; known: {', '.join(sorted(SOURCES))}")
+        return self
+
+
+class ModelConfig(_Section):
+    """Architecture choice and sizes."""
+
+    name: Literal["ssgan", "dcgan", "mlp-gan", "infogan", "stackedgan"] = "ssgan"
+    latent_dim: int = Field(100, gt=0)
+    g_features: int = Field(64, gt=0)
+    d_features: int = Field(64, gt=0)
+    d_input_dropout: float = Field(0.2, ge=0, lt=1)
+    d_dropout: float = Field(0.5, ge=0, lt=1)
+    minibatch_discrimination: bool = False
+    mbd_kernels: int = Field(50, gt=0)
+    mbd_kernel_dim: int = Field(5, gt=0)
+    info_categories: int = Field(10, gt=0)
+    info_continuous: int = Field(2, ge=0)
+
+
+class TrainConfig(_Section):
+    """Optimisation and the training tricks."""
+
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(100, gt=0)
+    lr_d: float = Field(3e-4, gt=0)
+    lr_g: float = Field(3e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    lr_decay_start: int | None = Field(None, ge=0, description="epoch after which lr decays linearly to 0")
+    feature_matching: bool = True
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="one-sided: real target is 1 - value")
+    historical_averaging: float = Field(0.0, ge=0)
+    unlabeled_weight: float = Field(1.0, ge=0)
+    info_weight: float = Field(1.0, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(1, gt=0)
+    samples_every: int = Field(1, gt=0)
+    output_dir: Path = Path("runs")
+
+
+class Config(_Section):
+    """The whole resolved configuration of one run."""
+
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """A short stable hash of the resolved config (sorted JSON)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in e and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `a.b.c=value`; the value is read as YAML (`2e-4`, `true`, `null`, `[1, 2]`)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key.path=value")
+    # YAML 1.1 reads `2e-4` as a string; validation converts it for float fields.
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with each `key.path=value` applied; intermediate keys must be sections."""
+    result = json.loads(json.dumps(raw, default=str))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[: i + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def load_config(path: Path | None = DEFAULT_PARAMS, overrides: list[str] | None = None) -> Config:
+    """Load `path` (a missing default file means the embedded defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    origin = "embedded defaults"
+    if path is not None and Path(path).exists():
+        origin = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    elif path is not None and Path(path) != DEFAULT_PARAMS:
+        raise ConfigError(f"config file {path} does not exist")
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        origin += " + --set " + " ".join(overrides)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, origin)) from None

@@ -1,0 +1,121 @@
+"""Image files: CelebA aligned faces (folder or official zip) and any folder of images.
+
+Every image is centre-cropped to a square (the largest, or `data.center_crop` pixels) and resized to
+`data.image_size` with an antialiasing filter, the DCGAN preprocessing for faces.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gan_models.data.sources import Progress, RawDataset, md5_file, source_dir
+from gan_models.errors import DatasetError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from gan_models.config import DataConfig
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+CELEBA_ZIP = "img_align_celeba.zip"
+CELEBA_DIR = "img_align_celeba"
+
+
+def to_array(image: Image.Image, size: int, channels: int, crop: int | None) -> np.ndarray:
+    """Centre-crop to a square, resize to `size` x `size`, return uint8 (size, size, channels)."""
+    from PIL import Image
+
+    image = image.convert("RGB" if channels == 3 else "L")
+    w, h = image.size
+    side = min(w, h, crop) if crop else min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    if side != size:
+        image = image.resize((size, size), Image.Resampling.LANCZOS)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def decode(data: bytes, name: str) -> Image.Image:
+    """Decode image bytes fully, or fail naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DatasetError(f"{name}: image does not decode ({e})") from e
+    return image
+
+
+def _convert_all(items: Iterator[tuple[str, bytes]], total: int, cfg: DataConfig, progress: Progress | None) -> np.ndarray:
+    out = np.empty((total, cfg.image_size, cfg.image_size, cfg.channels), dtype=np.uint8)
+    for i, (name, data) in enumerate(items):
+        out[i] = to_array(decode(data, name), cfg.image_size, cfg.channels, cfg.center_crop)
+        if progress and (i % 500 == 0 or i == total - 1):
+            progress("decode images", i + 1, total)
+    return out
+
+
+def load_celeba(cfg: DataConfig, progress: Progress | None = None) -> RawDataset:
+    """CelebA aligned faces, unlabelled, from `img_align_celeba.zip` or an `img_align_celeba/` folder."""
+    folder = source_dir(cfg, "celeba", ["celeba"])
+    if cfg.download and not ((folder / CELEBA_ZIP).exists() or (folder / CELEBA_DIR).is_dir()):
+        from torchvision.datasets import CelebA  # md5-checked download (Google Drive; often rate-limited)
+
+        CelebA(str(folder.parent if folder.name == "celeba" else folder), download=True)
+    if (folder / CELEBA_ZIP).is_file():
+        archive = folder / CELEBA_ZIP
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in IMAGE_SUFFIXES)
+                if not names:
+                    raise DatasetError(f"{archive}: the archive holds no images")
+                items = ((f"{archive}:{n}", zf.read(n)) for n in names)
+                images = _convert_all(items, len(names), cfg, progress)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DatasetError(f"{archive}: not a readable zip archive ({e})") from e
+        md5s = {archive.name: md5_file(archive)}
+    elif (folder / CELEBA_DIR).is_dir():
+        paths = _image_files(folder / CELEBA_DIR)
+        images = _convert_all(((str(p), p.read_bytes()) for p in paths), len(paths), cfg, progress)
+        md5s = {}  # a folder of 200k files has no single checksum worth the time; the manifest hashes the output
+    else:
+        raise DatasetError(f"dataset 'celeba': neither {folder / CELEBA_ZIP} nor {folder / CELEBA_DIR}/ exists")
+    labels = np.full(len(images), -1, dtype=np.int64)
+    return RawDataset({"train": (images, labels)}, [], source_md5=md5s)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetError(f"{folder}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def load_image_folder(cfg: DataConfig, progress: Progress | None = None) -> RawDataset:
+    """Any folder of images: class sub-folders give labels (sorted names); a flat folder is unlabelled."""
+    if cfg.source is None:
+        raise DatasetError("dataset 'image-folder' needs --source DIR (the folder of images)")
+    folder = source_dir(cfg, "image-folder", [])
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: not a directory")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes:
+        loose = [p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if loose:
+            raise DatasetError(f"{folder}: holds both class folders and loose images ({loose[0]}, ...)")
+        per_class = [_image_files(folder / c) for c in classes]
+        paths = [p for files in per_class for p in files]
+        labels = np.concatenate([np.full(len(f), i, dtype=np.int64) for i, f in enumerate(per_class)])
+    else:
+        paths = _image_files(folder)
+        labels = np.full(len(paths), -1, dtype=np.int64)
+    images = _convert_all(((str(p), p.read_bytes()) for p in paths), len(paths), cfg, progress)
+    return RawDataset({"train": (images, labels)}, classes)

@@ -1,0 +1,42 @@
+"""Prepare a dataset: read its source, write the prepared directory, return it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gan_models.config import DataConfig
+from gan_models.data.prepared import PreparedDataset, verify_prepared, write_prepared
+from gan_models.data.sources import Progress, load_source
+from gan_models.errors import DatasetError
+
+# Keys that say where things are, not what the bytes are: left out of the manifest so that the same
+# data prepared on another machine hashes the same.
+_LOCATION_KEYS = {"root": True, "source": True, "download": True, "synthetic": {"workers"}}
+
+
+def prepared_path(cfg: DataConfig) -> Path:
+    return Path(cfg.root) / cfg.dataset
+
+
+def prepare_dataset(cfg: DataConfig, progress: Progress | None = None) -> PreparedDataset:
+    """Read `cfg.dataset` from its source and write it to `<root>/<dataset>/` atomically."""
+    raw = load_source(cfg, progress)
+    params = cfg.model_dump(mode="json", exclude=_LOCATION_KEYS)
+    return write_prepared(
+        raw,
+        prepared_path(cfg),
+        name=cfg.dataset,
+        labels_per_class=cfg.labels_per_class,
+        label_seed=cfg.label_seed,
+        params=params,
+        progress=progress,
+    )
+
+
+def open_verified(cfg: DataConfig) -> PreparedDataset:
+    """Open the prepared dataset after re-hashing it; raise naming every file that differs."""
+    path = prepared_path(cfg)
+    problems = verify_prepared(path)
+    if problems:
+        raise DatasetError(f"prepared dataset {path} failed verification:\n  " + "\n  ".join(problems))
+    return PreparedDataset.open(path)
