@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gan_models.errors import ConfigError
 
@@ -53,13 +53,14 @@ class DataConfig(_Section):
     label_seed: int = 0
     synthetic: SyntheticConfig = SyntheticConfig()
 
-    @model_validator(mode="after")
-    def _known_dataset(self) -> DataConfig:
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
         from gan_models.data.sources import SOURCES  # late import: the registry imports this module
 
-        if self.dataset not in SOURCES:
-            raise ValueError(f"unknown dataset {self.dataset!r}; known: {', '.join(sorted(SOURCES))}")
-        return self
+        if name not in SOURCES:
+            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(SOURCES))}")
+        return name
 
 
 class ModelConfig(_Section):
@@ -125,7 +126,7 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     lines = [f"invalid config ({origin}):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif "input" in e and not isinstance(e["input"], dict):

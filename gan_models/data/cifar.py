@@ -29,6 +29,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 carry bytes
     }
 
     def find_class(self, module: str, name: str) -> Any:

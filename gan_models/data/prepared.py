@@ -212,7 +212,8 @@ class PreparedDataset:
 
     @property
     def splits(self) -> list[str]:
-        return list(self.manifest["splits"])
+        """Split names, train first."""
+        return sorted(self.manifest["splits"], key=lambda s: (s != "train", s))
 
     def _load(self, file: str) -> np.ndarray:
         if file not in self.manifest["files"]:
