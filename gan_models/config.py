@@ -77,6 +77,8 @@ class ModelConfig(_Section):
     mbd_kernel_dim: int = Field(5, gt=0)
     info_categories: int = Field(10, gt=0)
     info_continuous: int = Field(2, ge=0)
+    info_learn_std: bool = Field(True, description="InfoGAN's Q head predicts a log-std; False: unit std")
+    stacked_feature_dim: int = Field(256, gt=0, description="StackedGAN's intermediate feature f1")
 
 
 class TrainConfig(_Section):
@@ -94,6 +96,7 @@ class TrainConfig(_Section):
     historical_averaging: float = Field(0.0, ge=0)
     unlabeled_weight: float = Field(1.0, ge=0)
     info_weight: float = Field(1.0, ge=0)
+    conditional_weight: float = Field(1.0, ge=0, description="StackedGAN's conditional (encoder) losses")
     ema_decay: float = Field(0.999, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -1,0 +1,103 @@
+"""DCGAN (Radford et al. 2016): the conv generator and discriminator, at 28x28, 32x32 and 64x64.
+
+Both follow one rule so every resolution reads the same: the side doubles (halves) per stride-2 layer
+while the channel count halves (doubles). Other families (SSGAN's generator, InfoGAN, StackedGAN's G0
+and D0) reuse these stacks.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from gan_models.nets.layers import ImageShape, init_dcgan_weights
+
+# Image side -> side of the smallest feature map (the generator's first, the discriminator's last).
+BASE_SIDE = {28: 7, 32: 4, 64: 4}
+SUPPORTED_SIDES = tuple(BASE_SIDE)
+
+
+def num_doublings(side: int) -> int:
+    """Stride-2 layers between the base feature map and an image of `side` (28: 2, 32: 3, 64: 4)."""
+    return (side // BASE_SIDE[side]).bit_length() - 1
+
+
+class DCGANGenerator(nn.Module):
+    """Dense projection to a small map, then stride-2 transposed convs with BN + ReLU, then tanh.
+
+    With n = num_doublings(side) and ngf = g_features:
+      64x64: z -> (ngf*16) x 4 x 4 -> (ngf*8) x 8 x 8 -> (ngf*4) x 16 x 16 -> (ngf*2) x 32 x 32
+             -> nc x 64 x 64
+      32x32: z -> (ngf*8) x 4 x 4 -> (ngf*4) x 8 x 8 -> (ngf*2) x 16 x 16 -> nc x 32 x 32
+      28x28: z -> (ngf*4) x 7 x 7 -> (ngf*2) x 14 x 14 -> nc x 28 x 28
+    """
+
+    def __init__(self, input_dim: int, image_shape: ImageShape, g_features: int) -> None:
+        super().__init__()
+        nc, side, _ = image_shape
+        base, n = BASE_SIDE[side], num_doublings(side)
+        width = g_features * 2**n
+        self.input_dim = input_dim
+        self.image_shape = image_shape
+        self.project = nn.Sequential(
+            nn.Linear(input_dim, width * base * base, bias=False),
+            nn.Unflatten(1, (width, base, base)),  # (ngf*2^n) x base x base
+            nn.BatchNorm2d(width),
+            nn.ReLU(True),
+        )
+        blocks: list[nn.Module] = []
+        for _ in range(n - 1):
+            # (w) x s x s -> (w/2) x 2s x 2s
+            blocks += [
+                nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(width // 2),
+                nn.ReLU(True),
+            ]
+            width //= 2
+        # (ngf*2) x side/2 x side/2 -> nc x side x side; no BN on the output layer (Radford et al.)
+        blocks += [nn.ConvTranspose2d(width, nc, 4, 2, 1), nn.Tanh()]
+        self.upsample = nn.Sequential(*blocks)
+        self.apply(init_dcgan_weights)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.upsample(self.project(z))
+
+
+def discriminator_trunk(
+    image_shape: ImageShape, d_features: int, batch_norm: bool = True
+) -> tuple[nn.Module, int]:
+    """Stride-2 4x4 convs with LeakyReLU 0.2 down to the base map, flattened; returns (trunk, width).
+
+    With ndf = d_features:
+      64x64: nc x 64 x 64 -> ndf x 32 x 32 -> (ndf*2) x 16 x 16 -> (ndf*4) x 8 x 8 -> (ndf*8) x 4 x 4
+      32x32: nc x 32 x 32 -> ndf x 16 x 16 -> (ndf*2) x 8 x 8 -> (ndf*4) x 4 x 4
+      28x28: nc x 28 x 28 -> ndf x 14 x 14 -> (ndf*2) x 7 x 7
+    """
+    nc, side, _ = image_shape
+    base, n = BASE_SIDE[side], num_doublings(side)
+    # No BN on the first layer (Radford et al.): it would normalise away the input's statistics.
+    layers: list[nn.Module] = [nn.Conv2d(nc, d_features, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+    width = d_features
+    for _ in range(n - 1):
+        # (w) x s x s -> (2w) x s/2 x s/2
+        layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=not batch_norm)]
+        layers += [nn.BatchNorm2d(width * 2)] if batch_norm else []
+        layers += [nn.LeakyReLU(0.2, True)]
+        width *= 2
+    layers.append(nn.Flatten())  # (ndf*2^(n-1)) * base * base
+    return nn.Sequential(*layers), width * base * base
+
+
+class DCGANDiscriminator(nn.Module):
+    """The conv trunk of `discriminator_trunk`, then one linear logit. Returns (logit (n,), features)."""
+
+    def __init__(self, image_shape: ImageShape, d_features: int) -> None:
+        super().__init__()
+        self.image_shape = image_shape
+        self.trunk, self.feature_dim = discriminator_trunk(image_shape, d_features)
+        # A linear layer on the flattened base map is Radford's final valid 4x4 conv, for any base side.
+        self.head = nn.Linear(self.feature_dim, 1)
+        self.apply(init_dcgan_weights)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.trunk(x)
+        return self.head(features).squeeze(1), features

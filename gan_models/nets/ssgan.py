@@ -1,0 +1,138 @@
+"""Semi-supervised GAN (Salimans et al. 2016, "Improved Techniques for Training GANs").
+
+The discriminator is a K-class classifier; "real" is the implicit class K+1 with logit 0, so
+D(x) = Z / (Z + 1) with Z = sum_k exp(l_k) (see `gan_models.losses`). It returns the K logits and its
+penultimate features, which the generator matches under feature matching.
+
+Architectures follow the official `improved-gan` code: for 32x32 (SVHN, CIFAR) a weight-normalised
+conv net with dropout and global average pooling (96/192 channels there; d_features and 2*d_features
+here), and for 28x28 (MNIST) an MLP with Gaussian noise on every layer's input. The 32x32 generator is
+`DCGANGenerator`; the MNIST one is `SSGANMLPGenerator`.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from gan_models.nets.layers import GaussianNoise, ImageShape, MinibatchDiscrimination, image_numel, wn
+
+# improved-gan's MNIST discriminator widths and noise levels.
+MLP_HIDDEN = (1000, 500, 250, 250, 250)
+MLP_INPUT_NOISE = 0.3
+MLP_HIDDEN_NOISE = 0.5
+
+
+def _classifier_head(
+    in_features: int, num_classes: int, minibatch: tuple[int, int] | None
+) -> tuple[nn.Module, nn.Module]:
+    """(optional minibatch discrimination, weight-normed linear to K logits)."""
+    if minibatch is None:
+        return nn.Identity(), wn(nn.Linear(in_features, num_classes))
+    mbd = MinibatchDiscrimination(in_features, *minibatch)
+    return mbd, wn(nn.Linear(mbd.out_features, num_classes))
+
+
+class SSGANConvDiscriminator(nn.Module):
+    """improved-gan's SVHN/CIFAR discriminator-classifier; returns (logits (n, K), features (n, 2*df)).
+
+    No batch norm anywhere: the features feed feature matching, and BN would make each example's
+    features depend on the rest of its batch. Global average pooling makes it work at 64x64 too.
+    """
+
+    def __init__(
+        self,
+        image_shape: ImageShape,
+        num_classes: int,
+        d_features: int,
+        input_dropout: float,
+        dropout: float,
+        minibatch: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        nc = image_shape[0]
+        df, df2 = d_features, 2 * d_features
+        self.image_shape = image_shape
+        self.num_classes = num_classes
+
+        def conv(cin: int, cout: int, k: int, stride: int = 1, pad: int = 1) -> list[nn.Module]:
+            return [wn(nn.Conv2d(cin, cout, k, stride, pad), relu_slope=0.2), nn.LeakyReLU(0.2, True)]
+
+        self.trunk = nn.Sequential(
+            nn.Dropout(input_dropout),
+            *conv(nc, df, 3),  # df x 32 x 32
+            *conv(df, df, 3),  # df x 32 x 32
+            *conv(df, df, 3, stride=2),  # df x 16 x 16
+            nn.Dropout(dropout),
+            *conv(df, df2, 3),  # (df*2) x 16 x 16
+            *conv(df2, df2, 3),  # (df*2) x 16 x 16
+            *conv(df2, df2, 3, stride=2),  # (df*2) x 8 x 8
+            nn.Dropout(dropout),
+            *conv(df2, df2, 3, pad=0),  # (df*2) x 6 x 6
+            *conv(df2, df2, 1, pad=0),  # (df*2) x 6 x 6, network-in-network
+            *conv(df2, df2, 1, pad=0),  # (df*2) x 6 x 6
+            nn.AdaptiveAvgPool2d(1),  # (df*2) x 1 x 1
+            nn.Flatten(),  # df*2
+        )
+        self.feature_dim = df2
+        self.minibatch, self.head = _classifier_head(df2, num_classes, minibatch)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.trunk(x)
+        return self.head(self.minibatch(features)), features
+
+
+class SSGANMLPDiscriminator(nn.Module):
+    """improved-gan's MNIST discriminator: dense 1000-500-250-250-250 ReLU with Gaussian input noise.
+
+    Returns (logits (n, K), features (n, 250)); the features are the last hidden layer, before its noise.
+    """
+
+    def __init__(
+        self,
+        image_shape: ImageShape,
+        num_classes: int,
+        minibatch: tuple[int, int] | None = None,
+        hidden: tuple[int, ...] = MLP_HIDDEN,
+    ) -> None:
+        super().__init__()
+        self.image_shape = image_shape
+        self.num_classes = num_classes
+        layers: list[nn.Module] = [nn.Flatten(), GaussianNoise(MLP_INPUT_NOISE)]
+        width = image_numel(image_shape)
+        for i, out in enumerate(hidden):
+            if i > 0:
+                layers.append(GaussianNoise(MLP_HIDDEN_NOISE))
+            layers += [wn(nn.Linear(width, out), relu_slope=0.0), nn.ReLU(True)]
+            width = out
+        self.trunk = nn.Sequential(*layers)
+        self.feature_dim = width
+        self.head_noise = GaussianNoise(MLP_HIDDEN_NOISE)
+        self.minibatch, self.head = _classifier_head(width, num_classes, minibatch)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.trunk(x)
+        return self.head(self.minibatch(self.head_noise(features))), features
+
+
+class SSGANMLPGenerator(nn.Module):
+    """improved-gan's MNIST generator: z -> 500 -> 500 (BN, softplus) -> image, tanh to [-1, 1]."""
+
+    def __init__(self, latent_dim: int, image_shape: ImageShape, hidden: int = 500) -> None:
+        super().__init__()
+        self.input_dim = latent_dim
+        self.image_shape = image_shape
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.Softplus(),
+            nn.Linear(hidden, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.Softplus(),
+            # improved-gan ends in a weight-normed sigmoid layer on [0, 1] pixels; tanh is its [-1, 1] twin.
+            wn(nn.Linear(hidden, image_numel(image_shape))),
+            nn.Tanh(),
+            nn.Unflatten(1, image_shape),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
