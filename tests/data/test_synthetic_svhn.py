@@ -1,0 +1,112 @@
+"""synthetic-svhn renders deterministic, SVHN-shaped house-number crops whatever the process layout."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gan_models.data.synthetic_svhn import CHUNK, GENERATOR_VERSION, render_digits, render_split
+
+N = 3000  # spans three chunks, so chunk seeding and chunk boundaries are exercised
+
+
+def _md5(*arrays: np.ndarray) -> str:
+    h = hashlib.md5()
+    for a in arrays:
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def split() -> tuple[np.ndarray, np.ndarray]:
+    return render_split(N, 3, workers=1)
+
+
+def test_shapes_dtypes_and_range(split: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = split
+    assert images.shape == (N, 32, 32, 3) and images.dtype == np.uint8 and images.flags.c_contiguous
+    assert labels.shape == (N,) and labels.dtype == np.int64
+    assert labels.min() >= 0 and labels.max() <= 9
+    # Real pictures, not blank or saturated ones: each image varies, and the set uses the whole range.
+    assert images.reshape(N, -1).std(axis=1).min() > 2
+    assert images.min() < 10 and images.max() > 245
+    assert GENERATOR_VERSION.startswith("synthetic-svhn/")
+
+
+def test_same_seed_is_byte_identical_for_any_number_of_workers(split: tuple[np.ndarray, np.ndarray]) -> None:
+    done: list[int] = []
+    parallel = render_split(N, 3, workers=2, progress=done.append)
+    assert _md5(*parallel) == _md5(*split)
+    assert _md5(*render_digits(N, 3)) == _md5(*split)
+    assert sorted(done) == [N - 2 * CHUNK, CHUNK, CHUNK]
+
+
+def test_different_seeds_differ() -> None:
+    a_images, a_labels = render_digits(200, 4)
+    b_images, b_labels = render_digits(200, 5)
+    assert not np.array_equal(a_labels, b_labels)
+    # Not even one image in common.
+    assert (a_images != b_images).reshape(200, -1).any(axis=1).all()
+
+
+def test_start_gives_the_same_examples_as_a_longer_render(split: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = split
+    start, n = CHUNK - 100, 300  # crosses a chunk boundary and starts mid-chunk
+    part_images, part_labels = render_digits(n, 3, start=start)
+    np.testing.assert_array_equal(part_images, images[start : start + n])
+    np.testing.assert_array_equal(part_labels, labels[start : start + n])
+    one_image, one_label = render_digits(1, 3, start=N - 1)
+    np.testing.assert_array_equal(one_image[0], images[-1])
+    assert one_label[0] == labels[-1]
+
+
+def test_labels_cover_all_classes_with_svhn_like_frequencies(split: tuple[np.ndarray, np.ndarray]) -> None:
+    counts = np.bincount(split[1], minlength=10)
+    assert (counts > 100).all()
+    assert counts.argmax() == 1  # as in real SVHN, house numbers hold most 1s
+
+
+def test_labelled_digit_is_centred(split: tuple[np.ndarray, np.ndarray]) -> None:
+    # Ink is where a pixel departs from its image's background (the median grey); averaged over the
+    # split, the centre columns hold the labelled digit every time, the edges only cut-off neighbours.
+    grey = split[0].astype(np.float32).mean(axis=3)
+    ink = np.abs(grey - np.median(grey.reshape(N, -1), axis=1)[:, None, None]).mean(axis=(0, 1))
+    centre, edges = ink[10:22].mean(), np.concatenate([ink[:4], ink[-4:]]).mean()
+    assert centre > 1.4 * edges  # about 1.8 here; a digit placed at random would give about 1
+
+
+def test_no_global_random_state_is_used_or_changed() -> None:
+    np_state, py_state = np.random.get_state(), random.getstate()
+    np.random.seed(1)
+    first = render_digits(20, 0)
+    np.random.seed(2)
+    second = render_digits(20, 0)
+    assert _md5(*first) == _md5(*second)
+    np.random.set_state(np_state)
+    assert random.getstate() == py_state
+
+
+def test_empty_and_invalid_requests() -> None:
+    images, labels = render_digits(0, 0)
+    assert images.shape == (0, 32, 32, 3) and labels.shape == (0,)
+    assert render_split(0, 0, workers=2)[0].shape == (0, 32, 32, 3)
+    with pytest.raises(ValueError, match="n and start"):
+        render_digits(-1, 0)
+    with pytest.raises(ValueError, match="n and start"):
+        render_digits(1, 0, start=-1)
+    with pytest.raises(ValueError, match="seed"):
+        render_digits(1, -1)
+    with pytest.raises(ValueError, match="workers"):
+        render_split(1, 0, workers=0)
+
+
+def test_import_does_no_work() -> None:
+    code = ("import sys, gan_models.data.synthetic_svhn; "
+            "print(sorted(m for m in ('PIL', 'matplotlib', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
