@@ -29,7 +29,7 @@ class SyntheticConfig(_Section):
 
     train_size: int = Field(73_257, gt=0)
     test_size: int = Field(26_032, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     workers: int = Field(2, ge=1, description="processes rendering digits; does not change the bytes")
 
 
