@@ -1,0 +1,107 @@
+"""Benchmark: semi-supervised GAN test error against a supervised-only classifier on the same labels.
+
+One run per invocation (a seed and a mode), appended as a JSON line to benchmarks/results/ssl.jsonl;
+`--summary` prints mean +- std per (dataset, mode). Runs the one training loop in this process.
+
+    uv run python benchmarks/ssl_quality.py --dataset mnist --mode ssgan --seed 0 --epochs 20
+    uv run python benchmarks/ssl_quality.py --dataset mnist --mode supervised --seed 0 --epochs 5
+    uv run python benchmarks/ssl_quality.py --summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results" / "ssl.jsonl"
+SHARED = Path(os.environ.get("GANOPS_SOURCE_ROOT", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+
+# improved-gan's settings: MNIST 100 labels (lr 3e-3), SVHN/synthetic-svhn 1,000 labels (lr 3e-4).
+DATASETS = {
+    "mnist": ["data.dataset=mnist", f"data.source={SHARED}", "data.labels_per_class=10",
+              "train.lr_d=0.003", "train.lr_g=0.003"],
+    "synthetic-svhn": ["data.dataset=synthetic-svhn", "data.labels_per_class=100", "model.d_features=64",
+                       "train.lr_d=0.0003", "train.lr_g=0.0003"],
+}
+
+
+def run(dataset: str, mode: str, seed: int, epochs: int, decay: int | None, data_root: Path, extra: list[str]) -> dict:
+    from gan_models.config import load_config
+    from gan_models.data.prepare import prepare_dataset, prepared_path
+    from gan_models.data.prepared import PreparedDataset
+    from gan_models.metrics.accuracy import classifier_accuracy
+    from gan_models.training.loop import TrainHooks, train
+
+    overrides = DATASETS[dataset] + [f"seed={seed}", f"data.root={data_root}", "model.name=ssgan",
+                                     f"train.epochs={epochs}", "train.batch_size=100", "train.device=cpu"]
+    overrides += [f"train.lr_decay_start={decay}"] if decay is not None else []
+    overrides += ["train.unlabeled_weight=0"] if mode == "supervised" else []
+    cfg = load_config(None, overrides + extra)
+    path = prepared_path(cfg.data)
+    ds = PreparedDataset.open(path) if (path / "manifest.json").exists() else prepare_dataset(cfg.data)
+
+    def on_epoch(report) -> None:  # noqa: ANN001
+        m = report.metrics
+        print(f"epoch {report.epoch}: loss_d {m['d_loss']:.3f} train_acc {m.get('train_accuracy', 0):.3f} "
+              f"{m['images_per_s']:.0f} img/s {m['epoch_time_s']:.0f} s", flush=True)
+
+    out = Path("/tmp/ganops-bench") / f"{dataset}-{mode}-{seed}"
+    started = time.perf_counter()
+    result = train(cfg, ds, out_dir=out, hooks=TrainHooks(on_epoch=on_epoch))
+    wall = time.perf_counter() - started
+    test_images, test_labels = ds.images("test"), ds.labels("test")
+    raw = classifier_accuracy(result.models["discriminator"], test_images, test_labels, ds.class_names)
+    ema = classifier_accuracy(result.averaged("discriminator"), test_images, test_labels, ds.class_names)
+    return {"dataset": dataset, "mode": mode, "seed": seed, "epochs": epochs, "lr_decay_start": decay,
+            "labels": len(ds.labeled_indices()), "train_wall_s": round(wall, 1), "threads": torch.get_num_threads(),
+            "test_error": round(raw.error, 5), "test_error_ema": round(ema.error, 5), "overrides": extra}
+
+
+def summary() -> None:
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["mode"], r["epochs"], r["labels"]), []).append(r)
+    print(f"{'dataset':15s} {'mode':10s} {'labels':>6s} {'epochs':>6s} {'seeds':>5s} {'error % (EMA D)':>18s} "
+          f"{'error % (raw D)':>18s} {'train min':>10s}")
+    for (dataset, mode, epochs, labels), rs in sorted(groups.items()):
+        def ms(key: str) -> str:
+            vals = [100 * r[key] for r in rs]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            return f"{statistics.mean(vals):.2f} +- {sd:.2f}"
+        minutes = statistics.mean(r["train_wall_s"] for r in rs) / 60
+        print(f"{dataset:15s} {mode:10s} {labels:6d} {epochs:6d} {len(rs):5d} {ms('test_error_ema'):>18s} "
+              f"{ms('test_error'):>18s} {minutes:10.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    parser.add_argument("--mode", choices=["ssgan", "supervised"], default="ssgan")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--decay", type=int, default=None, help="epoch where the linear lr decay starts")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data-root", type=Path, default=Path("/tmp/ganops-bench/data"))
+    parser.add_argument("--set", dest="extra", action="append", default=[], help="extra config override")
+    parser.add_argument("--summary", action="store_true")
+    args = parser.parse_args()
+    if args.summary:
+        summary()
+        return
+    torch.set_num_threads(args.threads)
+    row = run(args.dataset, args.mode, args.seed, args.epochs, args.decay, args.data_root, args.extra)
+    print(json.dumps(row))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

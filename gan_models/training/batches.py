@@ -1,0 +1,104 @@
+"""Batches from a prepared dataset held as one uint8 tensor on the training device.
+
+Holding the data on the device and indexing it there means data loading never bounds a GPU. The order
+of an epoch is a pure function of (seed, epoch), so a resumed run sees the same batches as an
+uninterrupted one, and every rank derives the same permutation and takes its own disjoint block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gan_models.data.prepared import PreparedDataset
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float [-1, 1], the range of the generators' tanh."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    """The order of the `n` training examples in `epoch`; identical on every rank."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+@dataclass
+class DeviceData:
+    """The train split on `device`, with labels masked to the semi-supervised label budget."""
+
+    images: Tensor  # uint8 (N, C, H, W)
+    labels: Tensor  # int64 (N,), -1 where the label may not be used
+    labeled: Tensor  # int64 indices of the usable labels (may be empty)
+
+    @classmethod
+    def load(cls, dataset: PreparedDataset, device: torch.device) -> DeviceData:
+        images = torch.from_numpy(np.array(dataset.images("train"))).to(device)  # copy out of the mmap
+        all_labels = torch.from_numpy(np.array(dataset.labels("train")))
+        if dataset.manifest.get("label_split"):
+            # Only the labelled split may be seen by the model; every other label is hidden.
+            labeled = torch.from_numpy(np.array(dataset.labeled_indices()))
+            labels = torch.full_like(all_labels, -1)
+            labels[labeled] = all_labels[labeled]
+        else:
+            labels = all_labels
+            labeled = torch.nonzero(all_labels >= 0).squeeze(1)
+        return cls(images, labels.to(device), labeled.to(device))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
+    """Full batches each rank runs per epoch (the same on every rank; the remainder is dropped)."""
+    steps = n // (batch_size * world_size)
+    if steps == 0:
+        raise ValueError(f"{n} training examples are fewer than one batch of {batch_size} on each of {world_size} ranks")
+    return steps
+
+
+def shard_indices(n: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> Tensor:
+    """This rank's indices for `epoch`: a contiguous block of the shared permutation (disjoint blocks)."""
+    per_rank = steps_per_epoch(n, batch_size, world_size) * batch_size
+    return epoch_permutation(n, seed, epoch)[rank * per_rank : (rank + 1) * per_rank]
+
+
+def labeled_stream(labeled: Tensor, count: int, seed: int, epoch: int, rank: int) -> Tensor:
+    """`count` indices drawn from the labelled pool by concatenated permutations (improved-gan's tiling)."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 4099 + rank + 1)
+    reps = -(-count // len(labeled))
+    return torch.cat([labeled.cpu()[torch.randperm(len(labeled), generator=g)] for _ in range(reps)])[:count]
+
+
+def iterate_batches(
+    data: DeviceData,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    labeled_batch: bool,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (images float [-1, 1], labels) for one epoch of this rank's shard.
+
+    With `labeled_batch` (the semi-supervised GAN), each batch is a labelled batch from the small pool
+    followed by an unlabelled batch from the shard whose labels are hidden (-1), as in improved-gan.
+    """
+    device = data.images.device
+    indices = shard_indices(len(data), batch_size, seed, epoch, rank, world_size).to(device)
+    lab = None
+    if labeled_batch and len(data.labeled):
+        lab = labeled_stream(data.labeled, len(indices), seed, epoch, rank).to(device)
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start : start + batch_size]
+        if lab is None:
+            yield to_float(data.images[idx]), data.labels[idx]
+        else:
+            lab_idx = lab[start : start + batch_size]
+            images = torch.cat([data.images[lab_idx], data.images[idx]])
+            labels = torch.cat([data.labels[lab_idx], torch.full_like(idx, -1)])
+            yield to_float(images), labels

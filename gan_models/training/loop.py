@@ -1,0 +1,309 @@
+"""The one training loop: every model family, one process or one rank of many (Ray Train wraps it).
+
+`train()` alternates a discriminator-side step and a generator step on each batch, keeps EMA copies,
+writes a fixed-noise sample grid and a complete checkpoint at epoch ends, and reports per-epoch metrics
+through hooks. Distributed training supplies `rank`, `world_size` and a `wrap` hook (DDP); the loop
+itself never imports a distributed framework.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gan_models.config import Config
+from gan_models.data.prepared import PreparedDataset
+from gan_models.errors import GanOpsError
+from gan_models.losses import discriminator_objective, generator_objective
+from gan_models.nets import build_models, sample_latent, split_modules
+from gan_models.training.batches import DeviceData, iterate_batches, steps_per_epoch
+from gan_models.training.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from gan_models.training.samples import fixed_latent, save_grid
+from gan_models.tricks import EMA, HistoricalAveraging, clip_gradients, set_requires_grad
+
+CHECKPOINT_NAME = "checkpoint.pt"
+_CHECK_EVERY = 25  # steps between divergence checks: one device sync per check, not per step
+
+
+class DivergenceError(GanOpsError):
+    """A loss became NaN or infinite; the message names the step and the loss."""
+
+
+@dataclass
+class EpochReport:
+    """What a finished epoch hands to `TrainHooks.on_epoch`."""
+
+    epoch: int  # epochs completed, 1-based
+    step: int  # optimizer steps completed (per rank)
+    metrics: dict[str, float]
+    checkpoint: Path | None  # written this epoch (rank 0), else None
+    samples: Path | None  # sample grid PNG written this epoch (rank 0), else None
+
+
+@dataclass
+class TrainHooks:
+    """Optional callbacks; all default to doing nothing."""
+
+    on_step: Callable[[int, dict[str, Tensor]], None] | None = None  # (step, detached loss terms)
+    on_epoch: Callable[[EpochReport], None] | None = None
+    wrap: Callable[[str, nn.Module], nn.Module] | None = None  # e.g. DistributedDataParallel per network
+    extra_state: Callable[[], dict[str, Any]] | None = None  # stored in every checkpoint under "extra"
+
+
+@dataclass
+class TrainResult:
+    epoch: int
+    step: int
+    history: list[dict[str, float]]
+    models: dict[str, nn.Module]
+    ema: dict[str, EMA] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+    def averaged(self, name: str) -> nn.Module:
+        """A copy of network `name` with its EMA weights (the network itself if EMA is off)."""
+        module = copy.deepcopy(self.models[name])
+        if name in self.ema:
+            self.ema[name].copy_to(module)
+        return module.eval()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GanOpsError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def _no_sync(modules: Iterable[nn.Module]) -> contextlib.ExitStack:
+    """Skip gradient synchronisation of DDP-wrapped modules that are frozen for this step."""
+    stack = contextlib.ExitStack()
+    for m in modules:
+        if hasattr(m, "no_sync"):
+            stack.enter_context(m.no_sync())
+    return stack
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, "module", module)
+
+
+def _lr_factor(cfg: Config) -> Callable[[int], float]:
+    """Constant, then (with train.lr_decay_start) linear decay to zero at the last epoch."""
+    start, total = cfg.train.lr_decay_start, cfg.train.epochs
+
+    def factor(epoch: int) -> float:
+        if start is None or epoch < start:
+            return 1.0
+        return max(0.0, (total - epoch) / max(1, total - start))
+
+    return factor
+
+
+def train(
+    cfg: Config,
+    dataset: PreparedDataset,
+    *,
+    out_dir: Path,
+    device: torch.device | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    resume: Path | None = None,
+    hooks: TrainHooks | None = None,
+) -> TrainResult:
+    """Train `cfg.model` on `dataset` for `cfg.train.epochs` epochs (in total, counting a resumed part).
+
+    Rank 0 writes checkpoints and sample grids under `out_dir`. With `resume`, training continues from
+    that checkpoint exactly: on the CPU, k epochs + resume + (N - k) epochs give the same weights as N.
+    """
+    hooks = hooks or TrainHooks()
+    tc = cfg.train
+    device = device or resolve_device(tc.device)
+    out_dir = Path(out_dir)
+
+    # Resume: read and check the checkpoint before building anything.
+    state = load_checkpoint(resume) if resume else None
+    if state is not None:
+        check_compatible(state, {**cfg.to_dict(), "_data_shape": list(dataset.image_shape)}, str(resume))
+
+    # Seed: per-rank streams for noise and dropout; weights start identical on every rank.
+    torch.manual_seed(cfg.seed)
+    models = {name: m.to(device) for name, m in build_models(cfg.model, dataset.image_shape, dataset.num_classes).items()}
+    noise = torch.Generator()
+
+    # Load data.
+    data = DeviceData.load(dataset, device)
+    steps = steps_per_epoch(len(data), tc.batch_size, world_size)
+    labeled_batch = cfg.model.name == "ssgan"
+
+    # Construct optimizers, schedules and tricks.
+    g_side, d_side = split_modules(models)
+    g_params = [p for m in g_side.values() for p in m.parameters()]
+    d_params = [p for m in d_side.values() for p in m.parameters()]
+    opt_g = torch.optim.Adam(g_params, lr=tc.lr_g, betas=(tc.beta1, tc.beta2))
+    opt_d = torch.optim.Adam(d_params, lr=tc.lr_d, betas=(tc.beta1, tc.beta2))
+    ema = {n: EMA(models[n], tc.ema_decay) for n in ("generator", "discriminator")} if tc.ema_decay > 0 else {}
+    history_avg = {}
+    if tc.historical_averaging > 0:
+        history_avg = {n: HistoricalAveraging(models[n], tc.historical_averaging) for n in ("generator", "discriminator")}
+    epoch, step, history = 0, 0, []
+    lr_factor = _lr_factor(cfg)
+
+    if state is not None:
+        for name, m in models.items():
+            m.load_state_dict(state["models"][name])
+        opt_g.load_state_dict(state["optimizers"]["g"])
+        opt_d.load_state_dict(state["optimizers"]["d"])
+        for name, e in ema.items():
+            e.load_state_dict(state["ema"][name])
+        for name, h in history_avg.items():
+            h.load_state_dict(state["historical_averaging"][name])
+        epoch, step, history = state["epoch"], state["step"], list(state["history"])
+
+    # Wrap for distributed training (after loading: DDP broadcasts rank 0's weights at construction).
+    wrapped = {name: hooks.wrap(name, m) if hooks.wrap else m for name, m in models.items()}
+    g_wrapped, d_wrapped = split_modules(wrapped)
+    sample_z = fixed_latent(cfg, dataset.num_classes)
+
+    # Train.
+    while epoch < tc.epochs:
+        # Each epoch's randomness (noise, dropout) is a function of (seed, rank, epoch) alone, so a run
+        # resumed at an epoch boundary continues exactly, on any number of ranks.
+        _seed_epoch(cfg.seed, rank, world_size, epoch, noise)
+        # The schedule is a function of the epoch and the config, so resuming (or extending) follows it.
+        _set_lr(opt_g, tc.lr_g * lr_factor(epoch))
+        _set_lr(opt_d, tc.lr_d * lr_factor(epoch))
+        for m in models.values():
+            m.train()
+        sums: dict[str, Tensor] = {}
+        pending: list[tuple[int, dict[str, Tensor]]] = []
+        started = time.perf_counter()
+        for real, labels in iterate_batches(data, tc.batch_size, cfg.seed, epoch, rank, world_size, labeled_batch):
+            # Discriminator side.
+            set_requires_grad(d_side.values(), True)
+            set_requires_grad(g_side.values(), False)
+            latent = sample_latent(cfg.model, tc.batch_size, dataset.num_classes, generator=noise, device=device)
+            with _no_sync(g_wrapped.values()):
+                d_terms = discriminator_objective(wrapped, real, labels, latent, cfg.model, tc)
+            d_loss = d_terms["loss"]
+            if "discriminator" in history_avg:
+                d_loss = d_loss + history_avg["discriminator"].penalty(models["discriminator"])
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            clip_gradients(d_params, tc.grad_clip)
+            opt_d.step()
+
+            # Generator.
+            set_requires_grad(d_side.values(), False)
+            set_requires_grad(g_side.values(), True)
+            latent = sample_latent(cfg.model, tc.batch_size, dataset.num_classes, generator=noise, device=device)
+            with _no_sync(d_wrapped.values()):
+                g_terms = generator_objective(wrapped, real, labels, latent, cfg.model, tc)
+            g_loss = g_terms["loss"]
+            if "generator" in history_avg:
+                g_loss = g_loss + history_avg["generator"].penalty(models["generator"])
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            clip_gradients(g_params, tc.grad_clip)
+            opt_g.step()
+
+            # Update EMA and historical averages.
+            for name, e in ema.items():
+                e.update(models[name])
+            for name, h in history_avg.items():
+                h.update(models[name])
+
+            step += 1
+            terms = {f"d_{k}": v.detach() for k, v in d_terms.items()}
+            terms |= {f"g_{k}": v.detach() for k, v in g_terms.items()}
+            for k, v in terms.items():
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            pending.append((step, {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}))
+            if len(pending) >= _CHECK_EVERY:
+                _check_finite(pending)
+            if hooks.on_step:
+                hooks.on_step(step, terms)
+        _check_finite(pending)
+        set_requires_grad(models.values(), True)
+        epoch += 1
+
+        # Epoch metrics.
+        seconds = time.perf_counter() - started
+        metrics = {k: v.item() / steps for k, v in sums.items()}
+        if "d_accuracy" in metrics:
+            metrics["train_accuracy"] = metrics.pop("d_accuracy")  # over the labelled examples seen
+        metrics |= {"epoch_time_s": seconds, "images_per_s": steps * tc.batch_size * world_size / seconds,
+                    "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]}
+        history.append({"epoch": epoch, **metrics})
+
+        # Save snapshot and sample grid (rank 0).
+        checkpoint = samples = None
+        if rank == 0 and (epoch % tc.samples_every == 0 or epoch == tc.epochs):
+            generator = _averaged(models["generator"], ema.get("generator"))
+            samples = save_grid(generator, sample_z, out_dir / "samples" / f"epoch_{epoch:04d}.png")
+        if rank == 0 and (epoch % tc.checkpoint_every == 0 or epoch == tc.epochs):
+            checkpoint = out_dir / CHECKPOINT_NAME
+            save_checkpoint(checkpoint, {
+                "config": cfg.to_dict(),
+                "config_hash": cfg.hash(),
+                "data_shape": list(dataset.image_shape),
+                "num_classes": dataset.num_classes,
+                "epoch": epoch,
+                "step": step,
+                "data_position": {"epoch": epoch, "batch": 0},
+                "history": history,
+                "metrics": metrics,
+                "models": {n: m.state_dict() for n, m in models.items()},
+                "ema": {n: e.state_dict() for n, e in ema.items()},
+                "historical_averaging": {n: h.state_dict() for n, h in history_avg.items()},
+                "optimizers": {"g": opt_g.state_dict(), "d": opt_d.state_dict()},
+                "schedules": {"lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]},
+                "rng": {"torch": torch.get_rng_state(), "noise": noise.get_state()},
+                "extra": hooks.extra_state() if hooks.extra_state else {},
+            })
+        if hooks.on_epoch:
+            hooks.on_epoch(EpochReport(epoch, step, metrics, checkpoint, samples))
+
+    last = out_dir / CHECKPOINT_NAME
+    return TrainResult(epoch, step, history, models, ema, last if rank == 0 and last.exists() else None)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _check_finite(pending: list[tuple[int, dict[str, Tensor]]]) -> None:
+    """Raise at the first step whose loss is NaN or infinite; one device sync for the whole window."""
+    if pending and not torch.stack([v for _, t in pending for v in t.values()]).isfinite().all():
+        for step, terms in pending:
+            for name, value in terms.items():
+                if not torch.isfinite(value):
+                    raise DivergenceError(
+                        f"training diverged at step {step}: {name} = {value.item()}; no checkpoint was written "
+                        "for this epoch (lower the learning rate or enable train.grad_clip)"
+                    )
+    pending.clear()
+
+
+def _averaged(module: nn.Module, ema: EMA | None) -> nn.Module:
+    if ema is None:
+        return module
+    copy_ = copy.deepcopy(module)
+    ema.copy_to(copy_)
+    return copy_
+
+
+def _seed_epoch(seed: int, rank: int, world_size: int, epoch: int, noise: torch.Generator) -> None:
+    """Seed dropout (torch's global RNG) and the latent-noise generator for one epoch of one rank."""
+    stream = ((seed * world_size + rank) * 1_000_003 + epoch) * 2
+    torch.manual_seed(stream)
+    noise.manual_seed(stream + 1)
