@@ -106,6 +106,25 @@ def data_pull(repo: Annotated[Path, typer.Option(help="the DVC project")] = Path
     typer.echo(f"data version: {version}")
 
 
+@app.command("train")
+def train_cmd(
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="run the training loop in this process")] = False,
+    run_name: Annotated[str | None, typer.Option(help="run directory name under train.output_dir; "
+                                                 "an existing unfinished run of that name is resumed")] = None,
+    config: ConfigOpt = DEFAULT_PARAMS,
+    overrides: SetOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Train the configured model on the prepared (and verified) dataset."""
+    from pipelines.train_local import train_local
+
+    cfg = _config(config, overrides, dry_run)
+    if not no_ray:
+        raise GanOpsError("distributed training with Ray Train is not available yet; run with --no-ray")
+    summary = train_local(cfg, run_name)
+    typer.echo(summary)
+
+
 def main() -> None:
     """Entry point: user errors print one clear message and exit 2, without a traceback."""
     try:
