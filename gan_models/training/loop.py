@@ -46,6 +46,7 @@ class EpochReport:
     metrics: dict[str, float]
     checkpoint: Path | None  # written this epoch (rank 0), else None
     samples: Path | None  # sample grid PNG written this epoch (rank 0), else None
+    averaged: Callable[[str], nn.Module] | None = None  # a copy of a network with its EMA weights, eval mode
 
 
 @dataclass
@@ -270,7 +271,8 @@ def train(
                 "extra": hooks.extra_state() if hooks.extra_state else {},
             })
         if hooks.on_epoch:
-            hooks.on_epoch(EpochReport(epoch, step, metrics, checkpoint, samples))
+            hooks.on_epoch(EpochReport(epoch, step, metrics, checkpoint, samples,
+                                       lambda name: _averaged(models[name], ema.get(name)).eval()))
 
     last = out_dir / CHECKPOINT_NAME
     return TrainResult(epoch, step, history, models, ema, last if rank == 0 and last.exists() else None)
@@ -295,10 +297,10 @@ def _check_finite(pending: list[tuple[int, dict[str, Tensor]]]) -> None:
 
 
 def _averaged(module: nn.Module, ema: EMA | None) -> nn.Module:
-    if ema is None:
-        return module
+    """A copy of `module` holding its EMA weights (a plain copy when EMA is off)."""
     copy_ = copy.deepcopy(module)
-    ema.copy_to(copy_)
+    if ema is not None:
+        ema.copy_to(copy_)
     return copy_
 
 
