@@ -55,22 +55,28 @@ class EMA:
     """Exponential moving average of a module's parameters and floating-point buffers.
 
     shadow <- decay * shadow + (1 - decay) * current, with the same two operations every time, so a run
-    is bit-reproducible. Integer buffers (BatchNorm's step counter) are copied, not averaged.
+    is bit-reproducible. Integer buffers (BatchNorm's step counter) are copied, not averaged. With
+    `warmup`, update t uses min(decay, (1 + t) / (10 + t)) (as TensorFlow's ExponentialMovingAverage
+    with num_updates), so early averages are not dominated by the random initial weights.
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
+        self.warmup = warmup
+        self.updates = 0
         self.shadow = {name: t.detach().clone() for name, t in model.state_dict().items()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move the shadow towards the current weights of `model`."""
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        self.updates += 1
         for name, current in model.state_dict().items():
             shadow = self.shadow[name]
             if shadow.is_floating_point():
-                shadow.mul_(self.decay).add_(current.detach(), alpha=1.0 - self.decay)
+                shadow.mul_(decay).add_(current.detach(), alpha=1.0 - decay)
             else:
                 shadow.copy_(current)
 
@@ -80,10 +86,11 @@ class EMA:
         model.load_state_dict(self.shadow)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "shadow": dict(self.shadow)}
+        return {"decay": self.decay, "warmup": self.warmup, "updates": self.updates, "shadow": dict(self.shadow)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decay = float(state["decay"])
+        self.warmup, self.updates = bool(state.get("warmup", False)), int(state.get("updates", 0))
         for name, value in state["shadow"].items():
             self.shadow[name].copy_(value)
 

@@ -151,7 +151,8 @@ def train(
     d_params = [p for m in d_side.values() for p in m.parameters()]
     opt_g = torch.optim.Adam(g_params, lr=tc.lr_g, betas=(tc.beta1, tc.beta2))
     opt_d = torch.optim.Adam(d_params, lr=tc.lr_d, betas=(tc.beta1, tc.beta2))
-    ema = {n: EMA(models[n], tc.ema_decay) for n in ("generator", "discriminator")} if tc.ema_decay > 0 else {}
+    averaged = ("generator", "discriminator")
+    ema = {n: EMA(models[n], tc.ema_decay, warmup=True) for n in averaged} if tc.ema_decay > 0 else {}
     history_avg = {}
     if tc.historical_averaging > 0:
         history_avg = {n: HistoricalAveraging(models[n], tc.historical_averaging) for n in ("generator", "discriminator")}

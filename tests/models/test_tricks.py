@@ -154,3 +154,16 @@ def test_set_requires_grad() -> None:
     assert not any(p.requires_grad for p in [*a.parameters(), *b.parameters()])
     set_requires_grad([b], True)
     assert all(p.requires_grad for p in b.parameters()) and not a.weight.requires_grad
+
+
+def test_ema_warmup_follows_the_weights_early_then_uses_the_decay() -> None:
+    model = linear([0.0, 0.0], 0.0)
+    ema = EMA(model, decay=0.999, warmup=True)
+    with torch.no_grad():
+        model.weight.fill_(10.0)
+    ema.update(model)  # decay min(0.999, 1/10) = 0.1: 0.1 * 0 + 0.9 * 10
+    assert ema.shadow["weight"].tolist() == [[9.0, 9.0]]
+    for _ in range(10_000):
+        ema.update(model)
+    assert ema.updates == 10_001
+    assert min(ema.decay, (1 + ema.updates) / (10 + ema.updates)) == 0.999
