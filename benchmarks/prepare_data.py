@@ -31,7 +31,9 @@ CHILD = textwrap.dedent(
 
 
 def measure(code: str, env: dict[str, str]) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", CHILD, code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, code], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -48,7 +50,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of synthetic-svhn (smoke run)")
     args = parser.parse_args()
-    source_root = os.environ.get("GANOPS_SOURCE_ROOT", str(Path(__file__).resolve().parents[2] / "shared/datasets"))
+    source_root = os.environ.get(
+        "GANOPS_SOURCE_ROOT", str(Path(__file__).resolve().parents[2] / "shared/datasets")
+    )
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "GANOPS_CACHE": str(Path(tmp) / "cache"), "GANOPS_SOURCE_ROOT": source_root}

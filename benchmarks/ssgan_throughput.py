@@ -38,14 +38,25 @@ def dataset(root: Path, steps: int) -> PreparedDataset:
     images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(n) % 10
     raw = RawDataset({"train": (images, labels)}, [str(i) for i in range(10)])
-    return write_prepared(raw, root / "bench", name="bench", labels_per_class=100 if n >= 1000 else n // 10,
-                          label_seed=0, params={})
+    return write_prepared(
+        raw,
+        root / "bench",
+        name="bench",
+        labels_per_class=100 if n >= 1000 else n // 10,
+        label_seed=0,
+        params={},
+    )
 
 
 def ours(cfg: Config, ds: PreparedDataset, out: Path, warmup: int) -> float:
     """Images/s of the project's loop over the steps after `warmup`."""
     marks: dict[int, float] = {}
-    result = train(cfg, ds, out_dir=out, hooks=TrainHooks(on_step=lambda step, _: marks.__setitem__(step, time.perf_counter())))
+    result = train(
+        cfg,
+        ds,
+        out_dir=out,
+        hooks=TrainHooks(on_step=lambda step, _: marks.__setitem__(step, time.perf_counter())),
+    )
     last = result.step
     return (last - warmup) * BATCH / (marks[last] - marks[warmup])
 
@@ -63,7 +74,7 @@ def reference(cfg: Config, ds: PreparedDataset, warmup: int, device: torch.devic
     unl_loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True, drop_last=True)
     lab_x, lab_y = x[lab], y[lab]
     times = []
-    for i, (x_unl, _) in enumerate(unl_loader):
+    for x_unl, _ in unl_loader:
         pick = torch.randint(0, len(lab), (BATCH,))
         x_lab, y_lab = lab_x[pick].to(device), lab_y[pick].to(device)
         x_unl = x_unl.to(device)
@@ -73,7 +84,8 @@ def reference(cfg: Config, ds: PreparedDataset, warmup: int, device: torch.devic
         l_fake, _ = D(fake.detach())
         z_unl, z_fake = torch.logsumexp(l_unl, 1), torch.logsumexp(l_fake, 1)
         loss_d = F.cross_entropy(l_lab, y_lab) + 0.5 * (
-            -z_unl.mean() + F.softplus(z_unl).mean() + F.softplus(z_fake).mean())
+            -z_unl.mean() + F.softplus(z_unl).mean() + F.softplus(z_fake).mean()
+        )
         opt_d.zero_grad()
         loss_d.backward()
         opt_d.step()
@@ -97,8 +109,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating measurements of each side")
     args = parser.parse_args()
     device = torch.device(args.device)
-    cfg = load_config(None, ["model.name=ssgan", f"train.batch_size={BATCH}", "train.epochs=1",
-                             f"train.device={args.device}", "train.samples_every=1000", "train.checkpoint_every=1000"])
+    cfg = load_config(
+        None,
+        [
+            "model.name=ssgan",
+            f"train.batch_size={BATCH}",
+            "train.epochs=1",
+            f"train.device={args.device}",
+            "train.samples_every=1000",
+            "train.checkpoint_every=1000",
+        ],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         ds = dataset(Path(tmp), args.steps)
         rows = []
@@ -106,11 +127,15 @@ def main() -> None:
             a = ours(cfg, ds, Path(tmp) / f"run{r}", args.warmup)
             b = reference(cfg, ds, args.warmup, device)
             rows.append((a, b))
-            print(f"round {r + 1}: ganops loop {a:7.1f} img/s   straightforward port {b:7.1f} img/s   ratio {a / b:.2f}x")
+            print(
+                f"round {r + 1}: ganops loop {a:7.1f} img/s   straightforward port {b:7.1f} img/s   ratio {a / b:.2f}x"
+            )
     ours_best, ref_best = max(a for a, _ in rows), max(b for _, b in rows)
-    print(f"best of {args.rounds}: ganops loop {ours_best:.1f} img/s, port {ref_best:.1f} img/s, "
-          f"ratio {ours_best / ref_best:.2f}x on {device} ({torch.get_num_threads()} threads); "
-          "improved-gan's TensorFlow code on a GPU: about 2,800 img/s")
+    print(
+        f"best of {args.rounds}: ganops loop {ours_best:.1f} img/s, port {ref_best:.1f} img/s, "
+        f"ratio {ours_best / ref_best:.2f}x on {device} ({torch.get_num_threads()} threads); "
+        "improved-gan's TensorFlow code on a GPU: about 2,800 img/s"
+    )
 
 
 if __name__ == "__main__":

@@ -20,26 +20,46 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results" / "ssl.jsonl"
-SHARED = Path(os.environ.get("GANOPS_SOURCE_ROOT", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+SHARED = Path(
+    os.environ.get("GANOPS_SOURCE_ROOT", Path(__file__).resolve().parents[2] / "shared" / "datasets")
+)
 
 # improved-gan's settings: MNIST 100 labels (lr 3e-3), SVHN/synthetic-svhn 1,000 labels (lr 3e-4).
 DATASETS = {
-    "mnist": ["data.dataset=mnist", f"data.source={SHARED}", "data.labels_per_class=10",
-              "train.lr_d=0.003", "train.lr_g=0.003"],
-    "synthetic-svhn": ["data.dataset=synthetic-svhn", "data.labels_per_class=100", "model.d_features=64",
-                       "train.lr_d=0.0003", "train.lr_g=0.0003"],
+    "mnist": [
+        "data.dataset=mnist",
+        f"data.source={SHARED}",
+        "data.labels_per_class=10",
+        "train.lr_d=0.003",
+        "train.lr_g=0.003",
+    ],
+    "synthetic-svhn": [
+        "data.dataset=synthetic-svhn",
+        "data.labels_per_class=100",
+        "model.d_features=64",
+        "train.lr_d=0.0003",
+        "train.lr_g=0.0003",
+    ],
 }
 
 
-def run(dataset: str, mode: str, seed: int, epochs: int, decay: int | None, data_root: Path, extra: list[str]) -> dict:
+def run(
+    dataset: str, mode: str, seed: int, epochs: int, decay: int | None, data_root: Path, extra: list[str]
+) -> dict:
     from gan_models.config import load_config
     from gan_models.data.prepare import prepare_dataset, prepared_path
     from gan_models.data.prepared import PreparedDataset
     from gan_models.metrics.accuracy import classifier_accuracy
     from gan_models.training.loop import TrainHooks, train
 
-    overrides = DATASETS[dataset] + [f"seed={seed}", f"data.root={data_root}", "model.name=ssgan",
-                                     f"train.epochs={epochs}", "train.batch_size=100", "train.device=cpu"]
+    overrides = DATASETS[dataset] + [
+        f"seed={seed}",
+        f"data.root={data_root}",
+        "model.name=ssgan",
+        f"train.epochs={epochs}",
+        "train.batch_size=100",
+        "train.device=cpu",
+    ]
     overrides += [f"train.lr_decay_start={decay}"] if decay is not None else []
     overrides += ["train.unlabeled_weight=0"] if mode == "supervised" else []
     cfg = load_config(None, overrides + extra)
@@ -54,10 +74,17 @@ def run(dataset: str, mode: str, seed: int, epochs: int, decay: int | None, data
         # Test error of the EMA classifier after every epoch, against training time alone.
         m = report.metrics
         trained_s[0] += m["epoch_time_s"]
-        error = classifier_accuracy(report.averaged("discriminator"), test_images, test_labels, ds.class_names).error
-        curve.append({"epoch": report.epoch, "train_s": round(trained_s[0], 1), "test_error_ema": round(error, 5)})
-        print(f"epoch {report.epoch}: loss_d {m['d_loss']:.3f} train_acc {m.get('train_accuracy', 0):.3f} "
-              f"test_err {100 * error:.2f}% {m['images_per_s']:.0f} img/s {m['epoch_time_s']:.0f} s", flush=True)
+        error = classifier_accuracy(
+            report.averaged("discriminator"), test_images, test_labels, ds.class_names
+        ).error
+        curve.append(
+            {"epoch": report.epoch, "train_s": round(trained_s[0], 1), "test_error_ema": round(error, 5)}
+        )
+        print(
+            f"epoch {report.epoch}: loss_d {m['d_loss']:.3f} train_acc {m.get('train_accuracy', 0):.3f} "
+            f"test_err {100 * error:.2f}% {m['images_per_s']:.0f} img/s {m['epoch_time_s']:.0f} s",
+            flush=True,
+        )
 
     out = Path("/tmp/ganops-bench") / f"{dataset}-{mode}-{seed}"
     started = time.perf_counter()
@@ -65,10 +92,27 @@ def run(dataset: str, mode: str, seed: int, epochs: int, decay: int | None, data
     wall = time.perf_counter() - started
     raw = classifier_accuracy(result.models["discriminator"], test_images, test_labels, ds.class_names)
     ema = classifier_accuracy(result.averaged("discriminator"), test_images, test_labels, ds.class_names)
-    return {"dataset": dataset, "mode": mode, "seed": seed, "epochs": epochs, "lr_decay_start": decay,
-            "labels": len(ds.labeled_indices()), "train_s": round(trained_s[0], 1), "wall_s": round(wall, 1), "threads": torch.get_num_threads(),
-            "test_error": round(raw.error, 5), "test_error_ema": round(ema.error, 5), "overrides": extra,
-            "curve": curve}
+    return {
+        "dataset": dataset,
+        "mode": mode,
+        "seed": seed,
+        "epochs": epochs,
+        "lr_decay_start": decay,
+        "labels": len(ds.labeled_indices()),
+        "train_s": round(trained_s[0], 1),
+        "wall_s": round(wall, 1),
+        "threads": torch.get_num_threads(),
+        "test_error": round(raw.error, 5),
+        "test_error_ema": round(ema.error, 5),
+        "overrides": extra,
+        "curve": curve,
+    }
+
+
+def _mean_std(rows: list[dict], key: str) -> str:
+    values = [100 * r[key] for r in rows]
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} +- {sd:.2f}"
 
 
 def summary() -> None:
@@ -76,16 +120,16 @@ def summary() -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["mode"], r["epochs"], r["labels"]), []).append(r)
-    print(f"{'dataset':15s} {'mode':10s} {'labels':>6s} {'epochs':>6s} {'seeds':>5s} {'error % (EMA D)':>18s} "
-          f"{'error % (raw D)':>18s} {'train min':>10s}")
+    print(
+        f"{'dataset':15s} {'mode':10s} {'labels':>6s} {'epochs':>6s} {'seeds':>5s} {'error % (EMA D)':>18s} "
+        f"{'error % (raw D)':>18s} {'train min':>10s}"
+    )
     for (dataset, mode, epochs, labels), rs in sorted(groups.items()):
-        def ms(key: str) -> str:
-            vals = [100 * r[key] for r in rs]
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            return f"{statistics.mean(vals):.2f} +- {sd:.2f}"
         minutes = statistics.mean(r.get("train_s", r.get("train_wall_s", 0)) for r in rs) / 60
-        print(f"{dataset:15s} {mode:10s} {labels:6d} {epochs:6d} {len(rs):5d} {ms('test_error_ema'):>18s} "
-              f"{ms('test_error'):>18s} {minutes:10.1f}")
+        print(
+            f"{dataset:15s} {mode:10s} {labels:6d} {epochs:6d} {len(rs):5d} {_mean_std(rs, 'test_error_ema'):>18s} "
+            f"{_mean_std(rs, 'test_error'):>18s} {minutes:10.1f}"
+        )
 
 
 def main() -> None:

@@ -105,6 +105,27 @@ class TrainConfig(_Section):
     output_dir: Path = Path("runs")
 
 
+class TrackingConfig(_Section):
+    """Where and what MLflow records (read by `pipelines/tracking.py`)."""
+
+    enabled: bool = True
+    uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else a SQLite file in the project")
+    experiment: str = Field("ganops", min_length=1)
+    artifact_root: Path = Field(Path("mlruns"), description="artifacts of new experiments on the default store")
+    log_models: bool = Field(True, description="log the final generator (and classifier) as MLflow models")
+
+
+class RayConfig(_Section):
+    """Ray Train's scaling and failure policy for `ganops train` (read by `pipelines/ray_train.py`)."""
+
+    address: str | None = Field(None, description="existing cluster; null: $RAY_ADDRESS, else a local instance")
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    storage_path: str | None = Field(None, description="checkpoints (shared storage for several nodes); "
+                                     "null: <train.output_dir>/ray")
+    max_failures: int = Field(1, ge=-1, description="worker failures to recover from; -1: unlimited")
+
+
 class Config(_Section):
     """The whole resolved configuration of one run."""
 
@@ -112,6 +133,8 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ray: RayConfig = RayConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -19,7 +19,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Prepare, version and verify datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="params file (missing default: embedded defaults)")]
+ConfigOpt = Annotated[
+    Path, typer.Option("--config", "-c", help="params file (missing default: embedded defaults)")
+]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="override a config key, e.g. --set train.lr_g=2e-4")
 ]
@@ -70,7 +72,9 @@ def data_prepare(
 
 @data_app.command("verify")
 def data_verify(
-    dataset: Annotated[list[str] | None, typer.Option(help="dataset(s) to check (default: all in data/)")] = None,
+    dataset: Annotated[
+        list[str] | None, typer.Option(help="dataset(s) to check (default: all in data/)")
+    ] = None,
     root: Annotated[Path, typer.Option(help="prepared data root")] = Path("data"),
 ) -> None:
     """Re-hash prepared files against their manifests; exit 1 naming every file that differs."""
@@ -109,8 +113,13 @@ def data_pull(repo: Annotated[Path, typer.Option(help="the DVC project")] = Path
 @app.command("train")
 def train_cmd(
     no_ray: Annotated[bool, typer.Option("--no-ray", help="run the training loop in this process")] = False,
-    run_name: Annotated[str | None, typer.Option(help="run directory name under train.output_dir; "
-                                                 "an existing unfinished run of that name is resumed")] = None,
+    run_name: Annotated[
+        str | None,
+        typer.Option(
+            help="run directory name under train.output_dir; "
+            "an existing unfinished run of that name is resumed"
+        ),
+    ] = None,
     config: ConfigOpt = DEFAULT_PARAMS,
     overrides: SetOpt = None,
     dry_run: DryRunOpt = False,

@@ -14,7 +14,9 @@ class StageBars:
     def __call__(self, stage: str, done: int, total: int) -> None:
         bar = self._bars.get(stage)
         if bar is None:
-            bar = self._bars[stage] = tqdm(total=total, desc=stage, leave=False, dynamic_ncols=True, disable=None)
+            bar = self._bars[stage] = tqdm(
+                total=total, desc=stage, leave=False, dynamic_ncols=True, disable=None
+            )
         bar.update(done - bar.n)
 
     def close(self) -> None:

@@ -37,11 +37,19 @@ def train_local(cfg: Config, run_name: str | None = None) -> str:
         bar.update(1)
 
     try:
-        result = train(cfg, dataset, out_dir=run_dir, resume=resume, hooks=TrainHooks(on_epoch=on_epoch),
-                       device=None if cfg.train.device != "cpu" else torch.device("cpu"))
+        result = train(
+            cfg,
+            dataset,
+            out_dir=run_dir,
+            resume=resume,
+            hooks=TrainHooks(on_epoch=on_epoch),
+            device=None if cfg.train.device != "cpu" else torch.device("cpu"),
+        )
     finally:
         bar.close()
     last = result.history[-1]
     accuracy = f", train accuracy {last['train_accuracy']:.3f}" if "train_accuracy" in last else ""
-    return (f"{run_dir}: {result.epoch} epochs, {result.step} steps, loss_d {last['d_loss']:.4f}, "
-            f"loss_g {last['g_loss']:.4f}{accuracy}; checkpoint {result.checkpoint}")
+    return (
+        f"{run_dir}: {result.epoch} epochs, {result.step} steps, loss_d {last['d_loss']:.4f}, "
+        f"loss_g {last['g_loss']:.4f}{accuracy}; checkpoint {result.checkpoint}"
+    )

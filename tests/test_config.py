@@ -17,7 +17,9 @@ def test_params_yaml_is_the_embedded_defaults() -> None:
 
 
 def test_overrides_are_typed() -> None:
-    cfg = load_config(None, ["train.lr_g=2e-4", "data.labels_per_class=null", "model.minibatch_discrimination=true"])
+    cfg = load_config(
+        None, ["train.lr_g=2e-4", "data.labels_per_class=null", "model.minibatch_discrimination=true"]
+    )
     assert cfg.train.lr_g == pytest.approx(2e-4) and isinstance(cfg.train.lr_g, float)
     assert cfg.data.labels_per_class is None and cfg.model.minibatch_discrimination is True
 

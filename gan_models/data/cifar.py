@@ -44,7 +44,9 @@ def read_batch(path: Path) -> dict[bytes, Any]:
         with open(path, "rb") as f:
             batch = _ArrayUnpickler(f, encoding="bytes").load()
     except Exception as e:
-        raise DatasetError(f"{path}: not a readable CIFAR-10 pickle batch (truncated or damaged?): {e}") from e
+        raise DatasetError(
+            f"{path}: not a readable CIFAR-10 pickle batch (truncated or damaged?): {e}"
+        ) from e
     if not isinstance(batch, dict):
         raise DatasetError(f"{path}: expected a dict, found {type(batch).__name__}")
     return batch
@@ -57,7 +59,9 @@ def _images_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
     data = np.asarray(batch[b"data"], dtype=np.uint8)
     labels = np.asarray(batch[b"labels"], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-        raise DatasetError(f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {labels.shape}")
+        raise DatasetError(
+            f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {labels.shape}"
+        )
     # Rows hold the red plane, then green, then blue, each 32x32 row-major.
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
 
@@ -81,7 +85,8 @@ def load_cifar10(cfg: DataConfig, progress: Progress | None = None) -> RawDatase
             progress(f"read {path.name}", i, len(paths) - 1)
         parts["train" if path.name in TRAIN_BATCHES else "test"].append(_images_labels(path))
     data = {
-        split: (np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps])) for split, ps in parts.items()
+        split: (np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps]))
+        for split, ps in parts.items()
     }
     for split, (_, labels) in data.items():
         if labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
@@ -92,7 +97,11 @@ def load_cifar10(cfg: DataConfig, progress: Progress | None = None) -> RawDatase
 def write_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     """Write images uint8 (N, 32, 32, 3) as an official-format batch (used to build test fixtures)."""
     data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    batch = {b"batch_label": path.name.encode(), b"labels": [int(v) for v in labels], b"data": data,
-             b"filenames": [f"{i}.png".encode() for i in range(len(images))]}
+    batch = {
+        b"batch_label": path.name.encode(),
+        b"labels": [int(v) for v in labels],
+        b"data": data,
+        b"filenames": [f"{i}.png".encode() for i in range(len(images))],
+    }
     with open(path, "wb") as f:
         pickle.dump(batch, f, protocol=2)

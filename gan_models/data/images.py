@@ -54,7 +54,9 @@ def decode(data: bytes, name: str) -> Image.Image:
     return image
 
 
-def _convert_all(items: Iterator[tuple[str, bytes]], total: int, cfg: DataConfig, progress: Progress | None) -> np.ndarray:
+def _convert_all(
+    items: Iterator[tuple[str, bytes]], total: int, cfg: DataConfig, progress: Progress | None
+) -> np.ndarray:
     out = np.empty((total, cfg.image_size, cfg.image_size, cfg.channels), dtype=np.uint8)
     for i, (name, data) in enumerate(items):
         out[i] = to_array(decode(data, name), cfg.image_size, cfg.channels, cfg.center_crop)
@@ -87,7 +89,9 @@ def load_celeba(cfg: DataConfig, progress: Progress | None = None) -> RawDataset
         images = _convert_all(((str(p), p.read_bytes()) for p in paths), len(paths), cfg, progress)
         md5s = {}  # a folder of 200k files has no single checksum worth the time; the manifest hashes the output
     else:
-        raise DatasetError(f"dataset 'celeba': neither {folder / CELEBA_ZIP} nor {folder / CELEBA_DIR}/ exists")
+        raise DatasetError(
+            f"dataset 'celeba': neither {folder / CELEBA_ZIP} nor {folder / CELEBA_DIR}/ exists"
+        )
     labels = np.full(len(images), -1, dtype=np.int64)
     return RawDataset({"train": (images, labels)}, [], source_md5=md5s)
 

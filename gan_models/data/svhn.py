@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,9 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except Exception as e:  # scipy raises many types for damaged files; all mean the same to a user
         raise DatasetError(f"{path}: not a readable MATLAB v5 file (truncated or damaged?): {e}") from e
     if "X" not in mat or "y" not in mat:
-        raise DatasetError(f"{path}: expected variables 'X' and 'y', found {sorted(k for k in mat if not k.startswith('__'))}")
+        raise DatasetError(
+            f"{path}: expected variables 'X' and 'y', found {sorted(k for k in mat if not k.startswith('__'))}"
+        )
     x, y = mat["X"], mat["y"]
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
         raise DatasetError(f"{path}: 'X' must be uint8 of shape (32, 32, 3, N), got {x.dtype} {x.shape}")
@@ -102,10 +105,10 @@ def load_svhn(cfg: DataConfig, progress: Progress | None = None) -> RawDataset:
             progress(f"md5 {path.name}", i, len(paths))
         digest = md5s[path.name] = md5_file(path)
         if cfg.verify_source_md5 and digest != OFFICIAL[split][1]:
-                raise DatasetError(
-                    f"{path}: md5 {digest} does not match the official {OFFICIAL[split][1]}; the file is "
-                    "damaged or not the official one (set data.verify_source_md5=false to accept it)"
-                )
+            raise DatasetError(
+                f"{path}: md5 {digest} does not match the official {OFFICIAL[split][1]}; the file is "
+                "damaged or not the official one (set data.verify_source_md5=false to accept it)"
+            )
     data = {}
     for i, (split, path) in enumerate(zip(splits, paths, strict=True)):
         if progress:
@@ -128,13 +131,7 @@ def load_synthetic_svhn(cfg: DataConfig, progress: Progress | None = None) -> Ra
         for split, n in sizes.items():
             if n == 0:
                 continue
-            done = [0]
-
-            def tick(k: int, split: str = split, n: int = n) -> None:
-                done[0] += k
-                if progress:
-                    progress(f"render {split}", done[0], n)
-
+            tick = _accumulate(progress, f"render {split}", n) if progress else None
             images, labels = render_split(n, seeds[split], workers=syn.workers, progress=tick)
             path = Path(tmp) / OFFICIAL[split][0]
             write_svhn_mat(path, images, labels)
@@ -143,3 +140,15 @@ def load_synthetic_svhn(cfg: DataConfig, progress: Progress | None = None) -> Ra
             data[split] = read_svhn_mat(path)
     info = {"generator_version": GENERATOR_VERSION, "seeds": seeds, "sizes": sizes}
     return RawDataset(data, CLASS_NAMES, source_md5=md5s, source_info=info)
+
+
+def _accumulate(progress: Progress, stage: str, total: int) -> Callable[[int], None]:
+    """Turn per-chunk counts into `progress(stage, done, total)` calls."""
+    done = 0
+
+    def tick(k: int) -> None:
+        nonlocal done
+        done += k
+        progress(stage, done, total)
+
+    return tick

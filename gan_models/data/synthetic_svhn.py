@@ -96,8 +96,9 @@ def _glyph(face: int, height: int, bold: bool, digit: int) -> tuple[np.ndarray, 
     # Anchor "ls": the origin is on the baseline, so every digit's top is measured from the same line.
     left, top, right, bottom = font.getbbox(text, stroke_width=stroke, anchor="ls")
     image = Image.new("L", (right - left + 2, bottom - top + 2))
-    ImageDraw.Draw(image).text((1 - left, 1 - top), text, fill=255, font=font, anchor="ls",
-                               stroke_width=stroke, stroke_fill=255)
+    ImageDraw.Draw(image).text(
+        (1 - left, 1 - top), text, fill=255, font=font, anchor="ls", stroke_width=stroke, stroke_fill=255
+    )
     ink = np.asarray(image)
     rows, cols = np.nonzero(ink.max(axis=1))[0], np.nonzero(ink.max(axis=0))[0]
     mask = np.ascontiguousarray(ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])

@@ -47,5 +47,7 @@ def classifier_accuracy(
     predicted = torch.cat(predictions).numpy()
     labels = np.asarray(labels)
     correct = predicted == labels
-    per_class = {name: float(correct[labels == c].mean()) for c, name in enumerate(class_names) if (labels == c).any()}
+    per_class = {
+        name: float(correct[labels == c].mean()) for c, name in enumerate(class_names) if (labels == c).any()
+    }
     return AccuracyReport(float(correct.mean()), per_class, int(len(labels)))

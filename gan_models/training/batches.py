@@ -57,7 +57,9 @@ def steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
     """Full batches each rank runs per epoch (the same on every rank; the remainder is dropped)."""
     steps = n // (batch_size * world_size)
     if steps == 0:
-        raise ValueError(f"{n} training examples are fewer than one batch of {batch_size} on each of {world_size} ranks")
+        raise ValueError(
+            f"{n} training examples are fewer than one batch of {batch_size} on each of {world_size} ranks"
+        )
     return steps
 
 

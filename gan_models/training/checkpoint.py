@@ -100,4 +100,6 @@ def check_compatible(state: dict[str, Any], config: dict[str, Any], source: str)
     if state.get("data_shape") is not None and config.get("_data_shape") not in (None, state["data_shape"]):
         diffs.append(f"data shape: checkpoint {state['data_shape']}, dataset {config['_data_shape']}")
     if diffs:
-        raise CheckpointError(f"cannot resume from {source}: the config changes the architecture:\n  " + "\n  ".join(diffs))
+        raise CheckpointError(
+            f"cannot resume from {source}: the config changes the architecture:\n  " + "\n  ".join(diffs)
+        )

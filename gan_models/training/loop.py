@@ -93,10 +93,6 @@ def _no_sync(modules: Iterable[nn.Module]) -> contextlib.ExitStack:
     return stack
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    return getattr(module, "module", module)
-
-
 def _lr_factor(cfg: Config) -> Callable[[int], float]:
     """Constant, then (with train.lr_decay_start) linear decay to zero at the last epoch."""
     start, total = cfg.train.lr_decay_start, cfg.train.epochs
@@ -137,7 +133,10 @@ def train(
 
     # Seed: per-rank streams for noise and dropout; weights start identical on every rank.
     torch.manual_seed(cfg.seed)
-    models = {name: m.to(device) for name, m in build_models(cfg.model, dataset.image_shape, dataset.num_classes).items()}
+    models = {
+        name: m.to(device)
+        for name, m in build_models(cfg.model, dataset.image_shape, dataset.num_classes).items()
+    }
     noise = torch.Generator()
 
     # Load data.
@@ -151,11 +150,11 @@ def train(
     d_params = [p for m in d_side.values() for p in m.parameters()]
     opt_g = torch.optim.Adam(g_params, lr=tc.lr_g, betas=(tc.beta1, tc.beta2))
     opt_d = torch.optim.Adam(d_params, lr=tc.lr_d, betas=(tc.beta1, tc.beta2))
-    averaged = ("generator", "discriminator")
-    ema = {n: EMA(models[n], tc.ema_decay, warmup=True) for n in averaged} if tc.ema_decay > 0 else {}
+    main_nets = ("generator", "discriminator")
+    ema = {n: EMA(models[n], tc.ema_decay, warmup=True) for n in main_nets} if tc.ema_decay > 0 else {}
     history_avg = {}
     if tc.historical_averaging > 0:
-        history_avg = {n: HistoricalAveraging(models[n], tc.historical_averaging) for n in ("generator", "discriminator")}
+        history_avg = {n: HistoricalAveraging(models[n], tc.historical_averaging) for n in main_nets}
     epoch, step, history = 0, 0, []
     lr_factor = _lr_factor(cfg)
 
@@ -188,11 +187,15 @@ def train(
         sums: dict[str, Tensor] = {}
         pending: list[tuple[int, dict[str, Tensor]]] = []
         started = time.perf_counter()
-        for real, labels in iterate_batches(data, tc.batch_size, cfg.seed, epoch, rank, world_size, labeled_batch):
+        for real, labels in iterate_batches(
+            data, tc.batch_size, cfg.seed, epoch, rank, world_size, labeled_batch
+        ):
             # Discriminator side.
             set_requires_grad(d_side.values(), True)
             set_requires_grad(g_side.values(), False)
-            latent = sample_latent(cfg.model, tc.batch_size, dataset.num_classes, generator=noise, device=device)
+            latent = sample_latent(
+                cfg.model, tc.batch_size, dataset.num_classes, generator=noise, device=device
+            )
             with _no_sync(g_wrapped.values()):
                 d_terms = discriminator_objective(wrapped, real, labels, latent, cfg.model, tc)
             d_loss = d_terms["loss"]
@@ -206,7 +209,9 @@ def train(
             # Generator.
             set_requires_grad(d_side.values(), False)
             set_requires_grad(g_side.values(), True)
-            latent = sample_latent(cfg.model, tc.batch_size, dataset.num_classes, generator=noise, device=device)
+            latent = sample_latent(
+                cfg.model, tc.batch_size, dataset.num_classes, generator=noise, device=device
+            )
             with _no_sync(d_wrapped.values()):
                 g_terms = generator_objective(wrapped, real, labels, latent, cfg.model, tc)
             g_loss = g_terms["loss"]
@@ -242,8 +247,12 @@ def train(
         metrics = {k: v.item() / steps for k, v in sums.items()}
         if "d_accuracy" in metrics:
             metrics["train_accuracy"] = metrics.pop("d_accuracy")  # over the labelled examples seen
-        metrics |= {"epoch_time_s": seconds, "images_per_s": steps * tc.batch_size * world_size / seconds,
-                    "lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]}
+        metrics |= {
+            "epoch_time_s": seconds,
+            "images_per_s": steps * tc.batch_size * world_size / seconds,
+            "lr_g": opt_g.param_groups[0]["lr"],
+            "lr_d": opt_d.param_groups[0]["lr"],
+        }
         history.append({"epoch": epoch, **metrics})
 
         # Save snapshot and sample grid (rank 0).
@@ -253,27 +262,38 @@ def train(
             samples = save_grid(generator, sample_z, out_dir / "samples" / f"epoch_{epoch:04d}.png")
         if rank == 0 and (epoch % tc.checkpoint_every == 0 or epoch == tc.epochs):
             checkpoint = out_dir / CHECKPOINT_NAME
-            save_checkpoint(checkpoint, {
-                "config": cfg.to_dict(),
-                "config_hash": cfg.hash(),
-                "data_shape": list(dataset.image_shape),
-                "num_classes": dataset.num_classes,
-                "epoch": epoch,
-                "step": step,
-                "data_position": {"epoch": epoch, "batch": 0},
-                "history": history,
-                "metrics": metrics,
-                "models": {n: m.state_dict() for n, m in models.items()},
-                "ema": {n: e.state_dict() for n, e in ema.items()},
-                "historical_averaging": {n: h.state_dict() for n, h in history_avg.items()},
-                "optimizers": {"g": opt_g.state_dict(), "d": opt_d.state_dict()},
-                "schedules": {"lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]},
-                "rng": {"torch": torch.get_rng_state(), "noise": noise.get_state()},
-                "extra": hooks.extra_state() if hooks.extra_state else {},
-            })
+            save_checkpoint(
+                checkpoint,
+                {
+                    "config": cfg.to_dict(),
+                    "config_hash": cfg.hash(),
+                    "data_shape": list(dataset.image_shape),
+                    "num_classes": dataset.num_classes,
+                    "epoch": epoch,
+                    "step": step,
+                    "data_position": {"epoch": epoch, "batch": 0},
+                    "history": history,
+                    "metrics": metrics,
+                    "models": {n: m.state_dict() for n, m in models.items()},
+                    "ema": {n: e.state_dict() for n, e in ema.items()},
+                    "historical_averaging": {n: h.state_dict() for n, h in history_avg.items()},
+                    "optimizers": {"g": opt_g.state_dict(), "d": opt_d.state_dict()},
+                    "schedules": {"lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]},
+                    "rng": {"torch": torch.get_rng_state(), "noise": noise.get_state()},
+                    "extra": hooks.extra_state() if hooks.extra_state else {},
+                },
+            )
         if hooks.on_epoch:
-            hooks.on_epoch(EpochReport(epoch, step, metrics, checkpoint, samples,
-                                       lambda name: _averaged(models[name], ema.get(name)).eval()))
+            hooks.on_epoch(
+                EpochReport(
+                    epoch,
+                    step,
+                    metrics,
+                    checkpoint,
+                    samples,
+                    lambda name: _averaged(models[name], ema.get(name)).eval(),
+                )
+            )
 
     last = out_dir / CHECKPOINT_NAME
     return TrainResult(epoch, step, history, models, ema, last if rank == 0 and last.exists() else None)

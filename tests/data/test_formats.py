@@ -67,7 +67,9 @@ def test_svhn_truncated_file_names_the_file(tmp_path: Path) -> None:
 
 
 def test_svhn_missing_files_are_all_named(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match=r"missing source file\(s\): .*train_32x32\.mat, .*test_32x32\.mat"):
+    with pytest.raises(
+        DatasetError, match=r"missing source file\(s\): .*train_32x32\.mat, .*test_32x32\.mat"
+    ):
         load_source(DataConfig(dataset="svhn", source=tmp_path, verify_source_md5=False))
 
 
@@ -91,7 +93,9 @@ def test_mnist_truncated_idx_names_the_file(tmp_path: Path) -> None:
     _write_mnist(tmp_path / "MNIST" / "raw")
     path = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-7])
-    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte: header promises 7840 bytes .* holds 7833"):
+    with pytest.raises(
+        DatasetError, match=r"t10k-images-idx3-ubyte: header promises 7840 bytes .* holds 7833"
+    ):
         load_source(DataConfig(dataset="mnist", source=tmp_path))
 
 

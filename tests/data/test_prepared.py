@@ -18,11 +18,15 @@ def _raw(n: int = 200, seed: int = 0) -> RawDataset:
     images = rng.integers(0, 256, size=(n, 8, 8, 3), dtype=np.uint8)
     labels = np.arange(n, dtype=np.int64) % 10
     test = (images[:20].copy(), labels[:20].copy())
-    return RawDataset({"train": (images, labels), "test": test}, [str(i) for i in range(10)], {"src.bin": "abc"})
+    return RawDataset(
+        {"train": (images, labels), "test": test}, [str(i) for i in range(10)], {"src.bin": "abc"}
+    )
 
 
 def _write(out: Path, raw: RawDataset | None = None, per_class: int | None = 3) -> PreparedDataset:
-    return write_prepared(raw or _raw(), out, name="toy", labels_per_class=per_class, label_seed=7, params={"k": 1})
+    return write_prepared(
+        raw or _raw(), out, name="toy", labels_per_class=per_class, label_seed=7, params={"k": 1}
+    )
 
 
 def test_label_split_is_balanced_and_reproducible() -> None:
@@ -51,8 +55,13 @@ def test_prepared_round_trip_and_manifest(tmp_path: Path) -> None:
     assert m["splits"]["train"]["class_counts"]["3"] == 20 and m["splits"]["train"]["count"] == 200
     assert m["label_split"] == {"labels_per_class": 3, "seed": 7, "count": 30}
     assert m["source"]["md5"] == {"src.bin": "abc"}
-    assert set(m["files"]) == {"train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy",
-                               "train_labeled_idx.npy"}
+    assert set(m["files"]) == {
+        "train_images.npy",
+        "train_labels.npy",
+        "test_images.npy",
+        "test_labels.npy",
+        "train_labeled_idx.npy",
+    }
 
 
 def test_same_input_gives_byte_identical_directories(tmp_path: Path) -> None:
@@ -81,7 +90,9 @@ def test_verify_names_changed_missing_and_unexpected_files(tmp_path: Path) -> No
     (ds.path / "stray.txt").write_text("x")
     problems = verify_prepared(ds.path)
     assert len(problems) == 3
-    assert "train_labels.npy: sha256 differs" in problems[2] or any("train_labels.npy: sha256" in p for p in problems)
+    assert "train_labels.npy: sha256 differs" in problems[2] or any(
+        "train_labels.npy: sha256" in p for p in problems
+    )
     assert any("test_images.npy: missing" in p for p in problems)
     assert any("stray.txt: not listed" in p for p in problems)
 

@@ -106,7 +106,9 @@ def test_empty_and_invalid_requests() -> None:
 
 
 def test_import_does_no_work() -> None:
-    code = ("import sys, gan_models.data.synthetic_svhn; "
-            "print(sorted(m for m in ('PIL', 'matplotlib', 'torch') if m in sys.modules))")
+    code = (
+        "import sys, gan_models.data.synthetic_svhn; "
+        "print(sorted(m for m in ('PIL', 'matplotlib', 'torch') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -8,21 +8,48 @@ import numpy as np
 
 from tests.conftest import GANOPS, run
 
-TINY = ["--set", "data.synthetic.train_size=240", "--set", "data.synthetic.test_size=20",
-        "--set", "data.labels_per_class=4", "--set", "data.synthetic.workers=1"]
-MODEL = ["--set", "model.name=dcgan", "--set", "model.g_features=8", "--set", "model.d_features=8",
-         "--set", "train.batch_size=40", "--set", "train.device=cpu"]
+TINY = [
+    "--set",
+    "data.synthetic.train_size=240",
+    "--set",
+    "data.synthetic.test_size=20",
+    "--set",
+    "data.labels_per_class=4",
+    "--set",
+    "data.synthetic.workers=1",
+]
+MODEL = [
+    "--set",
+    "model.name=dcgan",
+    "--set",
+    "model.g_features=8",
+    "--set",
+    "model.d_features=8",
+    "--set",
+    "train.batch_size=40",
+    "--set",
+    "train.device=cpu",
+]
 
 
 def test_train_resume_and_finish(dvc_repo: Path) -> None:
     run([*GANOPS, "data", "prepare", "--no-version", *TINY], cwd=dvc_repo)
-    out = run([*GANOPS, "train", "--no-ray", "--run-name", "r", *TINY, *MODEL, "--set", "train.epochs=1"], cwd=dvc_repo)
+    out = run(
+        [*GANOPS, "train", "--no-ray", "--run-name", "r", *TINY, *MODEL, "--set", "train.epochs=1"],
+        cwd=dvc_repo,
+    )
     assert "1 epochs, 6 steps" in out.stdout
     assert (dvc_repo / "runs" / "r" / "samples" / "epoch_0001.png").exists()
     assert "model:\n  name: dcgan" in (dvc_repo / "runs" / "r" / "config.yaml").read_text()
-    out = run([*GANOPS, "train", "--no-ray", "--run-name", "r", *TINY, *MODEL, "--set", "train.epochs=2"], cwd=dvc_repo)
+    out = run(
+        [*GANOPS, "train", "--no-ray", "--run-name", "r", *TINY, *MODEL, "--set", "train.epochs=2"],
+        cwd=dvc_repo,
+    )
     assert "2 epochs, 12 steps" in out.stdout  # resumed: the first epoch was not run again
-    out = run([*GANOPS, "train", "--no-ray", "--run-name", "r", *TINY, *MODEL, "--set", "train.epochs=2"], cwd=dvc_repo)
+    out = run(
+        [*GANOPS, "train", "--no-ray", "--run-name", "r", *TINY, *MODEL, "--set", "train.epochs=2"],
+        cwd=dvc_repo,
+    )
     assert "already trained for 2 epochs" in out.stdout
 
 

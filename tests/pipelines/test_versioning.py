@@ -11,8 +11,16 @@ import yaml
 
 from tests.conftest import GANOPS, run
 
-SMALL = ["--set", "data.synthetic.train_size=600", "--set", "data.synthetic.test_size=100",
-         "--set", "data.labels_per_class=5", "--set", "data.synthetic.workers=1"]
+SMALL = [
+    "--set",
+    "data.synthetic.train_size=600",
+    "--set",
+    "data.synthetic.test_size=100",
+    "--set",
+    "data.labels_per_class=5",
+    "--set",
+    "data.synthetic.workers=1",
+]
 
 
 def _prepare(repo: Path, *extra: str) -> str:
@@ -66,12 +74,17 @@ def test_prepare_outside_a_dvc_project_fails_clearly(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--dataset", "svnh"], "unknown dataset 'svnh'"),
-        (["--dataset", "mnist", "--source", "/nonexistent"], "source directory /nonexistent for dataset 'mnist' does not exist"),
+        (
+            ["--dataset", "mnist", "--source", "/nonexistent"],
+            "source directory /nonexistent for dataset 'mnist' does not exist",
+        ),
         (["--set", "data.labels_per_class=100"], "labels_per_class=100 is larger than class"),
     ],
 )
 def test_bad_input_fails_before_anything_is_written(dvc_repo: Path, args: list[str], message: str) -> None:
-    proc = run([*GANOPS, "data", "prepare", "--repo", str(dvc_repo), *SMALL, *args], cwd=dvc_repo, check=False)
+    proc = run(
+        [*GANOPS, "data", "prepare", "--repo", str(dvc_repo), *SMALL, *args], cwd=dvc_repo, check=False
+    )
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert not (dvc_repo / "data").exists() or not any((dvc_repo / "data").iterdir())
@@ -87,8 +100,15 @@ def test_cli_help_lists_the_commands() -> None:
 
 
 def test_dry_run_prints_the_resolved_config(tmp_path: Path) -> None:
-    out = subprocess.run([*GANOPS, "data", "prepare", "--dry-run", "--set", "train.lr_g=2e-4"],
-                         capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    out = subprocess.run(
+        [*GANOPS, "data", "prepare", "--dry-run", "--set", "train.lr_g=2e-4"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout
     resolved = yaml.safe_load(out)
-    assert resolved["train"]["lr_g"] == pytest.approx(2e-4) and resolved["data"]["dataset"] == "synthetic-svhn"
+    assert (
+        resolved["train"]["lr_g"] == pytest.approx(2e-4) and resolved["data"]["dataset"] == "synthetic-svhn"
+    )
     assert not (tmp_path / "data").exists()

@@ -13,8 +13,13 @@ from gan_models.training.checkpoint import CheckpointError, load_checkpoint, sav
 from gan_models.training.loop import CHECKPOINT_NAME, DivergenceError, TrainHooks, train
 from tests.training.conftest import tiny_config, tiny_dataset
 
-SHAPES = {"ssgan": [(28, 28, 1), (32, 32, 3)], "dcgan": [(28, 28, 1), (32, 32, 3), (64, 64, 3)],
-          "mlp-gan": [(28, 28, 1)], "infogan": [(28, 28, 1)], "stackedgan": [(28, 28, 1)]}
+SHAPES = {
+    "ssgan": [(28, 28, 1), (32, 32, 3)],
+    "dcgan": [(28, 28, 1), (32, 32, 3), (64, 64, 3)],
+    "mlp-gan": [(28, 28, 1)],
+    "infogan": [(28, 28, 1)],
+    "stackedgan": [(28, 28, 1)],
+}
 
 
 @pytest.mark.parametrize(("model", "shape"), [(m, s) for m, shapes in SHAPES.items() for s in shapes])
@@ -55,7 +60,9 @@ def test_resume_is_exact(model: str, mnist_like: PreparedDataset, tmp_path: Path
     cfg = tiny_config(f"model.name={model}", "train.epochs=3", *tricks)
     straight = train(cfg, mnist_like, out_dir=tmp_path / "straight")
 
-    part = train(tiny_config(f"model.name={model}", "train.epochs=1", *tricks), mnist_like, out_dir=tmp_path / "split")
+    part = train(
+        tiny_config(f"model.name={model}", "train.epochs=1", *tricks), mnist_like, out_dir=tmp_path / "split"
+    )
     assert part.epoch == 1
     resumed = train(cfg, mnist_like, out_dir=tmp_path / "split", resume=tmp_path / "split" / CHECKPOINT_NAME)
     assert resumed.step == straight.step and resumed.epoch == 3
@@ -69,8 +76,11 @@ def test_same_seed_same_weights_other_seed_other_weights(mnist_like: PreparedDat
     cfg = tiny_config("model.name=mlp-gan", "train.epochs=1")
     a = _all_tensors(train(cfg, mnist_like, out_dir=tmp_path / "a"))
     b = _all_tensors(train(cfg, mnist_like, out_dir=tmp_path / "b"))
-    c = _all_tensors(train(tiny_config("model.name=mlp-gan", "train.epochs=1", "seed=1"), mnist_like,
-                           out_dir=tmp_path / "c"))
+    c = _all_tensors(
+        train(
+            tiny_config("model.name=mlp-gan", "train.epochs=1", "seed=1"), mnist_like, out_dir=tmp_path / "c"
+        )
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
@@ -78,8 +88,12 @@ def test_same_seed_same_weights_other_seed_other_weights(mnist_like: PreparedDat
 def test_resume_with_another_architecture_names_the_key(mnist_like: PreparedDataset, tmp_path: Path) -> None:
     train(tiny_config("model.name=dcgan", "train.epochs=1"), mnist_like, out_dir=tmp_path / "run")
     with pytest.raises(CheckpointError, match=r"model.g_features: checkpoint 8, config 16"):
-        train(tiny_config("model.name=dcgan", "model.g_features=16"), mnist_like, out_dir=tmp_path / "run",
-              resume=tmp_path / "run" / CHECKPOINT_NAME)
+        train(
+            tiny_config("model.name=dcgan", "model.g_features=16"),
+            mnist_like,
+            out_dir=tmp_path / "run",
+            resume=tmp_path / "run" / CHECKPOINT_NAME,
+        )
 
 
 def test_divergence_stops_with_step_and_loss_and_keeps_last_good_checkpoint(
@@ -108,13 +122,17 @@ def test_divergence_stops_with_step_and_loss_and_keeps_last_good_checkpoint(
     loop.build_models = capture
     try:
         with pytest.raises(DivergenceError, match=r"diverged at step 9: d_loss = nan"):
-            train(cfg, mnist_like, out_dir=tmp_path / "run", hooks=TrainHooks(on_step=poison, on_epoch=on_epoch))
+            train(
+                cfg, mnist_like, out_dir=tmp_path / "run", hooks=TrainHooks(on_step=poison, on_epoch=on_epoch)
+            )
     finally:
         loop.build_models = original
     assert state["epochs"] == 1
     saved = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
     assert saved["epoch"] == 1
-    assert all(torch.isfinite(v).all() for m in saved["models"].values() for v in m.values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for m in saved["models"].values() for v in m.values() if v.is_floating_point()
+    )
 
 
 def test_checkpoint_refuses_non_finite_values(tmp_path: Path) -> None:
@@ -151,4 +169,6 @@ def test_semi_supervised_loop_only_sees_the_labelled_split(mnist_like: PreparedD
     from gan_models.training.batches import DeviceData
 
     data = DeviceData.load(mnist_like, torch.device("cpu"))
-    assert (data.labels >= 0).sum() == 20 and sorted(data.labeled.tolist()) == sorted(mnist_like.labeled_indices())
+    assert (data.labels >= 0).sum() == 20 and sorted(data.labeled.tolist()) == sorted(
+        mnist_like.labeled_indices()
+    )
