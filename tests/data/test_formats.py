@@ -199,3 +199,11 @@ def test_unknown_dataset_name_lists_the_known_ones() -> None:
 
     with pytest.raises(ConfigError, match=r"data.dataset: .*unknown dataset 'svnh'; known: .*svhn"):
         load_config(None, ["data.dataset=svnh"])
+
+
+def test_real_celeba_zip_from_shared_datasets(shared_datasets: Path) -> None:
+    raw = load_source(DataConfig(dataset="celeba", source=shared_datasets, image_size=64))
+    images, labels = raw.splits["train"]
+    assert images.shape == (12_000, 64, 64, 3) and (labels == -1).all()
+    assert raw.source_md5 == {"img_align_celeba.zip": "141377b5ea9ac8013e3938574935e51f"}
+    assert 60 < images.mean() < 160  # faces, not black or blown-out frames
