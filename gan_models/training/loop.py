@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -157,6 +158,11 @@ def train(
         history_avg = {n: HistoricalAveraging(models[n], tc.historical_averaging) for n in main_nets}
     epoch, step, history = 0, 0, []
     lr_factor = _lr_factor(cfg)
+    # bf16 autocast (no loss scaling needed, unlike fp16) and channels-last layouts for tensor cores.
+    autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, tc.precision == "bf16")
+    layout = torch.channels_last if tc.channels_last else torch.contiguous_format
+    for m in models.values():
+        m.to(memory_format=layout)
 
     if state is not None:
         for name, m in models.items():
@@ -190,13 +196,14 @@ def train(
         for real, labels in iterate_batches(
             data, tc.batch_size, cfg.seed, epoch, rank, world_size, labeled_batch
         ):
+            real = real.contiguous(memory_format=layout)
             # Discriminator side.
             set_requires_grad(d_side.values(), True)
             set_requires_grad(g_side.values(), False)
             latent = sample_latent(
                 cfg.model, tc.batch_size, dataset.num_classes, generator=noise, device=device
             )
-            with _no_sync(g_wrapped.values()):
+            with _no_sync(g_wrapped.values()), autocast():
                 d_terms = discriminator_objective(wrapped, real, labels, latent, cfg.model, tc)
             d_loss = d_terms["loss"]
             if "discriminator" in history_avg:
@@ -212,7 +219,7 @@ def train(
             latent = sample_latent(
                 cfg.model, tc.batch_size, dataset.num_classes, generator=noise, device=device
             )
-            with _no_sync(d_wrapped.values()):
+            with _no_sync(d_wrapped.values()), autocast():
                 g_terms = generator_objective(wrapped, real, labels, latent, cfg.model, tc)
             g_loss = g_terms["loss"]
             if "generator" in history_avg:

@@ -172,3 +172,12 @@ def test_semi_supervised_loop_only_sees_the_labelled_split(mnist_like: PreparedD
     assert (data.labels >= 0).sum() == 20 and sorted(data.labeled.tolist()) == sorted(
         mnist_like.labeled_indices()
     )
+
+
+def test_bf16_autocast_and_channels_last_train_and_stay_finite(tmp_path: Path) -> None:
+    ds = tiny_dataset(tmp_path / "data", (32, 32, 3))
+    cfg = tiny_config("model.name=ssgan", "train.epochs=1", "train.precision=bf16", "train.channels_last=true")
+    result = train(cfg, ds, out_dir=tmp_path / "run")
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.history[0].values())
+    weights = result.models["discriminator"].state_dict().values()
+    assert all(w.dtype == torch.float32 for w in weights if w.is_floating_point())  # master weights stay fp32
