@@ -72,7 +72,7 @@ class ModelConfig(_Section):
     d_features: int = Field(64, gt=0)
     d_input_dropout: float = Field(0.2, ge=0, lt=1)
     d_dropout: float = Field(0.5, ge=0, lt=1)
-    minibatch_discrimination: bool = False
+    minibatch_discrimination: bool = Field(False, description="a minibatch-discrimination layer before D's output")
     mbd_kernels: int = Field(50, gt=0)
     mbd_kernel_dim: int = Field(5, gt=0)
     info_categories: int = Field(10, gt=0)

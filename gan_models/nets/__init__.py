@@ -146,6 +146,7 @@ def build_models(
     if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) <= 0:
         raise _unsupported(cfg, shape, "(C, H, W) with C in {1, 3}")
     nc, h, w = shape
+    minibatch = (cfg.mbd_kernels, cfg.mbd_kernel_dim) if cfg.minibatch_discrimination else None
     square_sides = ", ".join(str(s) for s in SUPPORTED_SIDES)
     conv_ok = h == w and h in SUPPORTED_SIDES
 
@@ -154,7 +155,7 @@ def build_models(
             raise _unsupported(cfg, shape, f"any shape with at most {MLP_MAX_NUMEL} values")
         return {
             "generator": MLPGenerator(cfg.latent_dim, shape, cfg.g_features),
-            "discriminator": MLPDiscriminator(shape, cfg.d_features),
+            "discriminator": MLPDiscriminator(shape, cfg.d_features, minibatch),
         }
 
     if cfg.name == "ssgan":
@@ -162,7 +163,6 @@ def build_models(
             raise ConfigError(
                 f"model.name='ssgan' needs a labelled dataset with >= 2 classes, got {num_classes}"
             )
-        minibatch = (cfg.mbd_kernels, cfg.mbd_kernel_dim) if cfg.minibatch_discrimination else None
         if (h, w) == (28, 28):
             return {
                 "generator": SSGANMLPGenerator(cfg.latent_dim, shape),
@@ -183,11 +183,11 @@ def build_models(
     if cfg.name == "dcgan":
         return {
             "generator": DCGANGenerator(cfg.latent_dim, shape, cfg.g_features),
-            "discriminator": DCGANDiscriminator(shape, cfg.d_features),
+            "discriminator": DCGANDiscriminator(shape, cfg.d_features, minibatch),
         }
 
     if cfg.name == "infogan":
-        discriminator = DCGANDiscriminator(shape, cfg.d_features)
+        discriminator = DCGANDiscriminator(shape, cfg.d_features, minibatch)
         return {
             "generator": DCGANGenerator(generator_input_dim(cfg, num_classes), shape, cfg.g_features),
             "discriminator": discriminator,
@@ -205,7 +205,7 @@ def build_models(
                 f"model.name='stackedgan' needs a labelled dataset with >= 2 classes, got {num_classes}"
             )
         fdim, hidden = cfg.stacked_feature_dim, 8 * cfg.d_features
-        discriminator = DCGANDiscriminator(shape, cfg.d_features)
+        discriminator = DCGANDiscriminator(shape, cfg.d_features, minibatch)
         feature_discriminator = FeatureDiscriminator(fdim, hidden)
         return {
             "generator": StackedGenerator(num_classes, cfg.latent_dim, shape, cfg.g_features, fdim),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from gan_models.nets.layers import ImageShape, init_dcgan_weights
+from gan_models.nets.layers import ImageShape, MinibatchDiscrimination, init_dcgan_weights
 
 # Image side -> side of the smallest feature map (the generator's first, the discriminator's last).
 BASE_SIDE = {28: 7, 32: 4, 64: 4}
@@ -90,14 +90,20 @@ def discriminator_trunk(
 class DCGANDiscriminator(nn.Module):
     """The conv trunk of `discriminator_trunk`, then one linear logit. Returns (logit (n,), features)."""
 
-    def __init__(self, image_shape: ImageShape, d_features: int) -> None:
+    def __init__(
+        self, image_shape: ImageShape, d_features: int, minibatch: tuple[int, int] | None = None
+    ) -> None:
         super().__init__()
         self.image_shape = image_shape
         self.trunk, self.feature_dim = discriminator_trunk(image_shape, d_features)
-        # A linear layer on the flattened base map is Radford's final valid 4x4 conv, for any base side.
-        self.head = nn.Linear(self.feature_dim, 1)
         self.apply(init_dcgan_weights)
+        # Optional minibatch discrimination (kernels, kernel dim) on the features, before the logit.
+        self.minibatch = MinibatchDiscrimination(self.feature_dim, *minibatch) if minibatch else nn.Identity()
+        width = self.minibatch.out_features if minibatch else self.feature_dim
+        # A linear layer on the flattened base map is Radford's final valid 4x4 conv, for any base side.
+        self.head = nn.Linear(width, 1)
+        init_dcgan_weights(self.head)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         features = self.trunk(x)
-        return self.head(features).squeeze(1), features
+        return self.head(self.minibatch(features)).squeeze(1), features

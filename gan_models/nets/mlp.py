@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from gan_models.nets.layers import ImageShape, image_numel, init_dcgan_weights
+from gan_models.nets.layers import ImageShape, MinibatchDiscrimination, image_numel, init_dcgan_weights
 
 
 class MLPGenerator(nn.Module):
@@ -37,7 +37,9 @@ class MLPGenerator(nn.Module):
 class MLPDiscriminator(nn.Module):
     """image -> 8d -> 4d (LeakyReLU) -> one logit; returns (logit (n,), features (n, 4d)); d = d_features."""
 
-    def __init__(self, image_shape: ImageShape, d_features: int) -> None:
+    def __init__(
+        self, image_shape: ImageShape, d_features: int, minibatch: tuple[int, int] | None = None
+    ) -> None:
         super().__init__()
         d = d_features
         self.image_shape = image_shape
@@ -49,9 +51,11 @@ class MLPDiscriminator(nn.Module):
             nn.LeakyReLU(0.2, True),
         )
         self.feature_dim = 4 * d
-        self.head = nn.Linear(4 * d, 1)
         self.apply(init_dcgan_weights)
+        self.minibatch = MinibatchDiscrimination(4 * d, *minibatch) if minibatch else nn.Identity()
+        self.head = nn.Linear(self.minibatch.out_features if minibatch else 4 * d, 1)
+        init_dcgan_weights(self.head)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         features = self.trunk(x)
-        return self.head(features).squeeze(1), features
+        return self.head(self.minibatch(features)).squeeze(1), features

@@ -11,7 +11,7 @@ from gan_models.errors import ConfigError
 from gan_models.losses import discriminator_objective, generator_objective
 from gan_models.nets import GENERATOR_KEYS, build_models, generator_input_dim, sample_latent, split_modules
 from gan_models.nets.ssgan import SSGANConvDiscriminator, SSGANMLPDiscriminator
-from gan_models.tricks import set_requires_grad
+from gan_models.tricks import MinibatchDiscrimination, set_requires_grad
 
 NUM_CLASSES = 10
 N = 3
@@ -223,3 +223,19 @@ def test_objectives_drive_every_family(name: str, shape: tuple[int, int, int]) -
     assert all(g is not None and torch.isfinite(g).all() for g in g_grads)
     assert sum(g.abs().sum() for g in g_grads) > 0
     assert all(p.grad is None for m in d_side.values() for p in m.parameters())
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"), [("dcgan", (3, 32, 32)), ("mlp-gan", (1, 28, 28)), ("ssgan", (1, 28, 28))]
+)
+def test_minibatch_discrimination_is_wired_into_the_discriminator(
+    name: str, shape: tuple[int, int, int]
+) -> None:
+    cfg = ModelConfig(name=name, g_features=8, d_features=8, minibatch_discrimination=True, mbd_kernels=7)
+    d = build_models(cfg, shape, 10)["discriminator"]
+    assert isinstance(d.minibatch, MinibatchDiscrimination) and d.minibatch.num_kernels == 7
+    x = torch.randn(4, *shape)
+    logits, _ = d(x)
+    # The logit of an example depends on the rest of the batch only through minibatch discrimination.
+    alone, _ = d(x[:1])
+    assert logits.shape[0] == 4 and not torch.allclose(logits[:1], alone)
