@@ -1,0 +1,259 @@
+"""MLflow glue: exactly one run per training, written by one process (rank 0 under Ray Train).
+
+Where: `tracking.uri`, else $MLFLOW_TRACKING_URI, else `sqlite:///<project>/mlruns.db` with artifacts in
+`<project>/mlruns/` (no server needed); an `http://` URI of an `mlflow server` works the same way. A run
+is found again by its run-name tag, and its id is also stored in every checkpoint, so a resumed or
+retried training continues the same run. A training that raises ends its run FAILED, error recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+import traceback
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gan_models.config import Config, TrackingConfig
+from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
+from gan_models.errors import GanOpsError
+from gan_models.training.loop import TrainResult
+
+DEFAULT_DB = "mlruns.db"
+RUN_NAME_TAG = "ganops.run_name"
+EXTRA_KEY = "mlflow_run_id"  # the key of the run id in a checkpoint's extra state
+LOSS_METRICS = ("d_loss", "g_loss")
+
+
+class TrackingError(GanOpsError):
+    """The MLflow tracking store cannot be reached or refuses the request."""
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where to track, resolved once by the launching process (plain data: it travels to Ray workers)."""
+
+    uri: str
+    experiment: str
+    artifact_location: str | None  # for a new experiment on a server-less store; a server picks its own
+
+
+def resolve_target(cfg: TrackingConfig, project: Path | None = None) -> TrackingTarget:
+    """The tracking URI (config, else $MLFLOW_TRACKING_URI, else the project's SQLite file), absolute."""
+    project = (project or Path.cwd()).resolve()
+    uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / DEFAULT_DB}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # A relative SQLite path would depend on each process's working directory (Ray workers' differ).
+        uri = f"sqlite:///{project / uri.removeprefix('sqlite:///')}"
+    served = uri.startswith(("http://", "https://", "databricks"))
+    artifacts = None if served else (project / cfg.artifact_root).resolve().as_uri()
+    return TrackingTarget(uri, cfg.experiment, artifacts)
+
+
+@contextlib.contextmanager
+def _fail_fast() -> Iterator[None]:
+    """One HTTP attempt with a short timeout, instead of MLflow's default minutes of retries."""
+    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def ensure_experiment(target: TrackingTarget) -> str:
+    """The experiment's id, created if missing; a clear `TrackingError` at once if the store is unreachable."""
+    import mlflow
+
+    client = mlflow.MlflowClient(target.uri)
+    try:
+        with _fail_fast():
+            experiment = client.get_experiment_by_name(target.experiment)
+            if experiment is None:
+                return client.create_experiment(target.experiment, artifact_location=target.artifact_location)
+    except Exception as e:  # MLflow raises several types (connection, HTTP status, database)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingError(f"MLflow tracking at {target.uri} is unreachable or failed: {reason}") from None
+    if experiment.lifecycle_stage != "active":
+        raise TrackingError(f"MLflow experiment {target.experiment!r} at {target.uri} is deleted: restore it "
+                            "or set tracking.experiment")
+    return experiment.experiment_id
+
+
+def find_run(target: TrackingTarget, run_name: str) -> str | None:
+    """The id of the latest run tagged with `run_name`, if any."""
+    import mlflow
+
+    client = mlflow.MlflowClient(target.uri)
+    experiment = client.get_experiment_by_name(target.experiment)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                              max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+def source_tags(dataset: PreparedDataset, repo: Path) -> dict[str, str]:
+    """Data version (DVC md5 in data.dvc, else "unversioned"), the dataset's manifest digest, git commit."""
+    from pipelines.versioning import DATA_DIR, VersioningError, data_version
+
+    version = "unversioned"  # data.dvc versions <repo>/data/ only
+    if Path(dataset.path).resolve().is_relative_to((Path(repo) / DATA_DIR).resolve()):
+        try:
+            version = data_version(repo)
+        except VersioningError:
+            pass
+    commit = _git(repo, "rev-parse", "HEAD") or "unknown"
+    dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))
+    return {"data_version": version, "data_manifest_sha256": sha256_file(dataset.path / MANIFEST),
+            "dataset": dataset.name, "data_path": str(Path(dataset.path).resolve()),
+            "git_commit": commit, "git_dirty": str(dirty).lower()}
+
+
+def _git(repo: Path, *args: str) -> str:
+    try:
+        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+    except OSError:
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """`{"train": {"lr_g": 3e-4}}` -> `{"train.lr_g": "0.0003"}`."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+class RunTracker:
+    """The MLflow run of one training; it is the process's active run until `finish` or `fail`."""
+
+    def __init__(self, target: TrackingTarget, run_id: str) -> None:
+        self.target = target
+        self.run_id = run_id
+
+    @classmethod
+    def start(
+        cls,
+        target: TrackingTarget,
+        cfg: Config,
+        run_name: str,
+        tags: dict[str, str],
+        run_id: str | None = None,
+    ) -> RunTracker:
+        """Continue run `run_id` (or the run tagged `run_name`), else create it with params, tags and input."""
+        import mlflow
+
+        mlflow.set_tracking_uri(target.uri)
+        experiment_id = ensure_experiment(target)
+        run_id = run_id or find_run(target, run_name)
+        client = mlflow.MlflowClient(target.uri)
+        params = flatten(cfg.to_dict())
+        if run_id is None:
+            tags = {RUN_NAME_TAG: run_name, **tags}
+            run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+            logged: dict[str, str] = {}
+        else:
+            run = client.get_run(run_id)
+            logged = run.data.params
+            if "error" in run.data.tags:  # a failure this continuation recovers from
+                client.set_tag(run_id, "previous_error", run.data.tags["error"])
+                client.delete_tag(run_id, "error")
+        mlflow.start_run(run_id=run_id)  # (again) RUNNING
+        # Params are immutable in MLflow: a resume with changed values records them as tags.
+        mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+        mlflow.set_tags({f"resumed_with.{k}": v for k, v in params.items() if k in logged and logged[k] != v})
+        if not logged:
+            _log_dataset(tags)
+        return cls(target, run_id)
+
+    def log_epoch(self, epoch: int, step: int, metrics: dict[str, float], samples: Path | None) -> None:
+        """Metrics at step `epoch`, and the epoch's sample grid as an image."""
+        import mlflow
+        from PIL import Image
+
+        mlflow.log_metrics({**metrics, "optimizer_step": float(step)}, step=epoch)
+        if samples is not None:
+            with Image.open(samples) as image:
+                mlflow.log_image(image.convert("RGB"), key="samples", step=epoch)
+
+    def finish(self, cfg: Config, result: TrainResult, dataset: PreparedDataset) -> None:
+        """Loss curves, the final models (generator, classifier), and status FINISHED."""
+        import mlflow
+
+        from pipelines.model_packaging import CLASSIFIER_NETS, log_model
+
+        mlflow.log_figure(self._loss_figure(), "loss_curves.png")
+        if cfg.tracking.log_models:
+            kinds = ["generator"] + (["classifier"] if cfg.model.name in CLASSIFIER_NETS else [])
+            with tempfile.TemporaryDirectory(prefix="ganops-models-") as workdir:
+                for kind in kinds:
+                    log_model(kind, cfg.model, dataset.image_shape, dataset.num_classes, result.averaged,
+                              Path(workdir))
+        mlflow.set_tag("final_step", str(result.step))
+        mlflow.end_run("FINISHED")
+
+    def fail(self, error: BaseException) -> None:
+        """Record `error` (message as a tag, traceback as error.txt) and end the run FAILED."""
+        import mlflow
+
+        with contextlib.suppress(Exception):  # the original error matters more than a logging failure
+            mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:4000])
+            mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
+        mlflow.end_run("FAILED")
+
+    def _loss_figure(self) -> Any:
+        import mlflow
+        from matplotlib.figure import Figure
+
+        client = mlflow.MlflowClient(self.target.uri)
+        figure = Figure(figsize=(6, 4))
+        axes = figure.subplots()
+        for name in LOSS_METRICS:
+            by_epoch = {m.step: m.value for m in client.get_metric_history(self.run_id, name)}
+            axes.plot(sorted(by_epoch), [by_epoch[e] for e in sorted(by_epoch)], marker="o", label=name)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("loss")
+        axes.legend()
+        return figure
+
+
+def _log_dataset(tags: dict[str, str]) -> None:
+    """The prepared dataset as an MLflow dataset input: its path as the source, the DVC md5 as the digest."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local sources
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(tags["data_path"])
+    digest = tags["data_version"] if tags["data_version"] != "unversioned" else tags["data_manifest_sha256"][:32]
+    dataset = MetaDataset(source, name=tags["dataset"], digest=digest)
+    mlflow.log_input(dataset, context="training", tags={"data_version": tags["data_version"]})
+
+
+def mark_failed(target: TrackingTarget, run_name: str, error: BaseException) -> None:
+    """From the launcher, after the trainer gave up: end the run of `run_name` FAILED if still RUNNING."""
+    import mlflow
+
+    with contextlib.suppress(Exception), _fail_fast():
+        run_id = find_run(target, run_name)
+        client = mlflow.MlflowClient(target.uri)
+        if run_id and client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:4000])
+            client.set_terminated(run_id, "FAILED")

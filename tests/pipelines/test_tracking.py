@@ -1,0 +1,119 @@
+"""MLflow tracking of in-process training: one run per training, resumed into the same run, models loadable.
+
+Real MLflow on a SQLite store in a temporary directory; each test uses its own experiment.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from gan_models.config import Config
+from gan_models.training.loop import DivergenceError
+from pipelines.tracking import RUN_NAME_TAG, TrackingError, resolve_target
+from pipelines.train_local import train_local
+from tests.training.conftest import tiny_config, tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite store for the module (creating its schema takes seconds)."""
+    return tmp_path_factory.mktemp("mlflow")
+
+
+def local_config(tmp_path: Path, store: Path, experiment: str, *overrides: str) -> Config:
+    """A tiny run on a prepared copy of the tiny dataset, tracked in `store` under `experiment`."""
+    if not (tmp_path / "data" / "mnist").exists():
+        tiny_dataset(tmp_path / "data" / "mnist")
+    return tiny_config(f"data.root={tmp_path / 'data'}", "data.dataset=mnist",
+                       f"train.output_dir={tmp_path / 'runs'}", f"tracking.uri=sqlite:///{store / 'mlruns.db'}",
+                       f"tracking.artifact_root={store / 'artifacts'}", f"tracking.experiment={experiment}",
+                       *overrides)
+
+
+def runs_of(cfg: Config) -> list[mlflow.entities.Run]:
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client.search_runs([experiment.experiment_id])
+
+
+def test_local_training_is_one_run_resumed_in_place_with_loadable_models(tmp_path: Path, store: Path) -> None:
+    train_local(local_config(tmp_path, store, "local", "model.name=ssgan", "train.epochs=1"), "r")
+    cfg = local_config(tmp_path, store, "local", "model.name=ssgan", "train.epochs=2")
+    train_local(cfg, "r")  # resumes the checkpoint, and the MLflow run whose id it holds
+
+    (run,) = runs_of(cfg)
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    assert run.info.status == "FINISHED" and run.data.tags[RUN_NAME_TAG] == "r"
+    assert run.data.params["train.epochs"] == "1" and run.data.tags["resumed_with.train.epochs"] == "2"
+    assert run.data.params["model.name"] == "ssgan" and run.data.params["data.synthetic.seed"] == "0"
+    assert run.data.tags["data_version"] == "unversioned" and len(run.data.tags["git_commit"]) == 40
+    assert run.data.tags["final_step"] == "12"
+    (data_input,) = run.inputs.dataset_inputs
+    assert data_input.dataset.name == "tiny" and data_input.dataset.digest
+    for metric in ("d_loss", "g_loss", "train_accuracy", "images_per_s", "epoch_time_s"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"loss_curves.png", "images"} <= artifacts
+    assert len(client.list_artifacts(run.info.run_id, "images")) >= 2  # a sample grid per epoch
+
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                         order_by=[{"field_name": "creation_time", "ascending": False}])
+    latest = {m.name: m for m in reversed(models)}  # the final training's models
+    assert {m.source_run_id for m in models} == {run.info.run_id}
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    generator = mlflow.pyfunc.load_model(latest["generator"].model_uri)
+    images = generator.predict(np.array([3, 1, 3], dtype=np.int64))
+    assert images.dtype == np.uint8 and images.shape == (3, 28, 28, 1)
+    assert np.array_equal(images[0], images[2]) and not np.array_equal(images[0], images[1])
+    assert generator.metadata.signature is not None
+    classifier = mlflow.pyfunc.load_model(latest["classifier"].model_uri)
+    probabilities = classifier.predict(images)
+    assert probabilities.shape == (3, 10) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
+    weights = Path(mlflow.artifacts.download_artifacts(latest["generator"].model_uri, dst_path=str(tmp_path / "m")))
+    assert list(weights.rglob("weights.safetensors")) and list(weights.rglob("code/gan_models/nets"))
+    assert not list(weights.rglob("*.pkl"))  # weights and code only: nothing is unpickled on load
+
+
+def test_diverged_training_ends_its_run_failed_with_the_error(tmp_path: Path, store: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import gan_models.training.loop as loop
+
+    original = loop.generator_objective
+
+    def poisoned(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        terms = original(*args, **kwargs)
+        return terms | {"loss": terms["loss"] * float("nan")}
+
+    monkeypatch.setattr(loop, "generator_objective", poisoned)
+    cfg = local_config(tmp_path, store, "diverged", "model.name=dcgan", "train.epochs=1")
+    with pytest.raises(DivergenceError):
+        train_local(cfg, "d")
+    (run,) = runs_of(cfg)
+    assert run.info.status == "FAILED" and "diverged at step" in run.data.tags["error"]
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    assert "error.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path: Path, store: Path) -> None:
+    cfg = local_config(tmp_path, store, "x", "tracking.uri=http://127.0.0.1:9")  # discard port: refused
+    begin = time.monotonic()
+    with pytest.raises(TrackingError, match=r"MLflow tracking at http://127.0.0.1:9 is unreachable"):
+        train_local(cfg, "u")
+    assert time.monotonic() - begin < 30 and not (tmp_path / "runs").exists()
+
+
+def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_config()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_target(cfg.tracking, tmp_path).uri == f"sqlite:///{tmp_path.resolve() / 'mlruns.db'}"
+    assert resolve_target(cfg.tracking, tmp_path).artifact_location == (tmp_path / "mlruns").resolve().as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert resolve_target(cfg.tracking, tmp_path).uri == "http://tracking:5000"
+    assert resolve_target(cfg.tracking, tmp_path).artifact_location is None  # the server's own store
+    cfg.tracking.uri = "sqlite:///rel.db"
+    assert resolve_target(cfg.tracking, tmp_path).uri == f"sqlite:///{tmp_path.resolve() / 'rel.db'}"
