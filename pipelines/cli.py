@@ -120,18 +120,25 @@ def train_cmd(
             "an existing unfinished run of that name is resumed"
         ),
     ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="an existing Ray cluster (default: ray.address, $RAY_ADDRESS, else local)"),
+    ] = None,
     config: ConfigOpt = DEFAULT_PARAMS,
     overrides: SetOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Train the configured model on the prepared (and verified) dataset."""
-    from pipelines.train_local import train_local
+    """Train the configured model on the prepared (and verified) dataset: Ray Train, or in this process."""
+    extra = [f"ray.address={address}"] if address else []
+    cfg = _config(config, (overrides or []) + extra, dry_run)
+    if no_ray:
+        from pipelines.train_local import train_local
 
-    cfg = _config(config, overrides, dry_run)
-    if not no_ray:
-        raise GanOpsError("distributed training with Ray Train is not available yet; run with --no-ray")
-    summary = train_local(cfg, run_name)
-    typer.echo(summary)
+        typer.echo(train_local(cfg, run_name))
+    else:
+        from pipelines.ray_train import launch
+
+        typer.echo(launch(cfg, run_name))
 
 
 def main() -> None:

@@ -55,11 +55,19 @@ def save_package(
     names = networks(kind, model_cfg.name)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    spec = {"kind": kind, "model": model_cfg.model_dump(mode="json"), "image_shape": list(image_shape),
-            "num_classes": num_classes, "networks": list(names)}
+    spec = {
+        "kind": kind,
+        "model": model_cfg.model_dump(mode="json"),
+        "image_shape": list(image_shape),
+        "num_classes": num_classes,
+        "networks": list(names),
+    }
     (path / SPEC).write_text(json.dumps(spec, indent=2))
-    tensors = {f"{name}.{key}": t.detach().cpu().contiguous() for name in names
-               for key, t in nets[name].state_dict().items()}
+    tensors = {
+        f"{name}.{key}": t.detach().cpu().contiguous()
+        for name in names
+        for key, t in nets[name].state_dict().items()
+    }
     save_file(tensors, str(path / WEIGHTS))
     return path
 
@@ -78,7 +86,9 @@ class PackagedModel:
         self.nets: dict[str, nn.Module] = {}
         for name in spec["networks"]:
             prefix = f"{name}."
-            built[name].load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+            built[name].load_state_dict(
+                {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+            )
             self.nets[name] = built[name].eval()
 
     @torch.no_grad()
@@ -90,8 +100,12 @@ class PackagedModel:
     @torch.no_grad()
     def generate(self, seeds: np.ndarray) -> np.ndarray:
         """One image per seed, uint8 (N, H, W, C); a seed always gives the same image."""
-        latents = [sample_latent(self.model_cfg, 1, self.num_classes,
-                                 generator=torch.Generator().manual_seed(int(s))).z for s in seeds]
+        latents = [
+            sample_latent(
+                self.model_cfg, 1, self.num_classes, generator=torch.Generator().manual_seed(int(s))
+            ).z
+            for s in seeds
+        ]
         if not latents:
             return np.zeros((0, *self.image_shape[1:], self.image_shape[0]), dtype=np.uint8)
         images = self.nets["generator"](torch.cat(latents))
@@ -126,8 +140,9 @@ def log_model(
     from mlflow.models import infer_signature
 
     names = networks(kind, model_cfg.name)
-    package = save_package(workdir / kind, kind, model_cfg, image_shape, num_classes,
-                           {n: averaged(n).cpu() for n in names})
+    package = save_package(
+        workdir / kind, kind, model_cfg, image_shape, num_classes, {n: averaged(n).cpu() for n in names}
+    )
     model = PackagedModel(package)
     if kind == "generator":
         example = np.arange(4, dtype=np.int64)

@@ -85,8 +85,10 @@ def ensure_experiment(target: TrackingTarget) -> str:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrackingError(f"MLflow tracking at {target.uri} is unreachable or failed: {reason}") from None
     if experiment.lifecycle_stage != "active":
-        raise TrackingError(f"MLflow experiment {target.experiment!r} at {target.uri} is deleted: restore it "
-                            "or set tracking.experiment")
+        raise TrackingError(
+            f"MLflow experiment {target.experiment!r} at {target.uri} is deleted: restore it "
+            "or set tracking.experiment"
+        )
     return experiment.experiment_id
 
 
@@ -98,8 +100,12 @@ def find_run(target: TrackingTarget, run_name: str) -> str | None:
     experiment = client.get_experiment_by_name(target.experiment)
     if experiment is None:
         return None
-    runs = client.search_runs([experiment.experiment_id], f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
-                              max_results=1, order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
     return runs[0].info.run_id if runs else None
 
 
@@ -115,9 +121,14 @@ def source_tags(dataset: PreparedDataset, repo: Path) -> dict[str, str]:
             pass
     commit = _git(repo, "rev-parse", "HEAD") or "unknown"
     dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))
-    return {"data_version": version, "data_manifest_sha256": sha256_file(dataset.path / MANIFEST),
-            "dataset": dataset.name, "data_path": str(Path(dataset.path).resolve()),
-            "git_commit": commit, "git_dirty": str(dirty).lower()}
+    return {
+        "data_version": version,
+        "data_manifest_sha256": sha256_file(dataset.path / MANIFEST),
+        "dataset": dataset.name,
+        "data_path": str(Path(dataset.path).resolve()),
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+    }
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -203,8 +214,14 @@ class RunTracker:
             kinds = ["generator"] + (["classifier"] if cfg.model.name in CLASSIFIER_NETS else [])
             with tempfile.TemporaryDirectory(prefix="ganops-models-") as workdir:
                 for kind in kinds:
-                    log_model(kind, cfg.model, dataset.image_shape, dataset.num_classes, result.averaged,
-                              Path(workdir))
+                    log_model(
+                        kind,
+                        cfg.model,
+                        dataset.image_shape,
+                        dataset.num_classes,
+                        result.averaged,
+                        Path(workdir),
+                    )
         mlflow.set_tag("final_step", str(result.step))
         mlflow.end_run("FINISHED")
 
@@ -242,7 +259,9 @@ def _log_dataset(tags: dict[str, str]) -> None:
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local sources
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(tags["data_path"])
-    digest = tags["data_version"] if tags["data_version"] != "unversioned" else tags["data_manifest_sha256"][:32]
+    digest = (
+        tags["data_version"] if tags["data_version"] != "unversioned" else tags["data_manifest_sha256"][:32]
+    )
     dataset = MetaDataset(source, name=tags["dataset"], digest=digest)
     mlflow.log_input(dataset, context="training", tags={"data_version": tags["data_version"]})
 

@@ -35,8 +35,13 @@ def train_local(cfg: Config, run_name: str | None = None) -> str:
         return f"{run_dir}: already trained for {done} epochs (checkpoint {checkpoint})"
     tracker = None
     if target is not None:  # the run id in the checkpoint continues the same MLflow run
-        tracker = RunTracker.start(target, cfg, run_dir.name, source_tags(dataset, Path.cwd()),
-                                   run_id=state.get("extra", {}).get(EXTRA_KEY))
+        tracker = RunTracker.start(
+            target,
+            cfg,
+            run_dir.name,
+            source_tags(dataset, Path.cwd()),
+            run_id=state.get("extra", {}).get(EXTRA_KEY),
+        )
 
     bar = tqdm(total=cfg.train.epochs, initial=done, desc=f"train {run_dir.name}", unit="epoch")
 

@@ -29,10 +29,15 @@ def local_config(tmp_path: Path, store: Path, experiment: str, *overrides: str) 
     """A tiny run on a prepared copy of the tiny dataset, tracked in `store` under `experiment`."""
     if not (tmp_path / "data" / "mnist").exists():
         tiny_dataset(tmp_path / "data" / "mnist")
-    return tiny_config(f"data.root={tmp_path / 'data'}", "data.dataset=mnist",
-                       f"train.output_dir={tmp_path / 'runs'}", f"tracking.uri=sqlite:///{store / 'mlruns.db'}",
-                       f"tracking.artifact_root={store / 'artifacts'}", f"tracking.experiment={experiment}",
-                       *overrides)
+    return tiny_config(
+        f"data.root={tmp_path / 'data'}",
+        "data.dataset=mnist",
+        f"train.output_dir={tmp_path / 'runs'}",
+        f"tracking.uri=sqlite:///{store / 'mlruns.db'}",
+        f"tracking.artifact_root={store / 'artifacts'}",
+        f"tracking.experiment={experiment}",
+        *overrides,
+    )
 
 
 def runs_of(cfg: Config) -> list[mlflow.entities.Run]:
@@ -61,8 +66,9 @@ def test_local_training_is_one_run_resumed_in_place_with_loadable_models(tmp_pat
     assert {"loss_curves.png", "images"} <= artifacts
     assert len(client.list_artifacts(run.info.run_id, "images")) >= 2  # a sample grid per epoch
 
-    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
-                                         order_by=[{"field_name": "creation_time", "ascending": False}])
+    models = client.search_logged_models(
+        [run.info.experiment_id], order_by=[{"field_name": "creation_time", "ascending": False}]
+    )
     latest = {m.name: m for m in reversed(models)}  # the final training's models
     assert {m.source_run_id for m in models} == {run.info.run_id}
     mlflow.set_tracking_uri(cfg.tracking.uri)
@@ -74,13 +80,16 @@ def test_local_training_is_one_run_resumed_in_place_with_loadable_models(tmp_pat
     classifier = mlflow.pyfunc.load_model(latest["classifier"].model_uri)
     probabilities = classifier.predict(images)
     assert probabilities.shape == (3, 10) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
-    weights = Path(mlflow.artifacts.download_artifacts(latest["generator"].model_uri, dst_path=str(tmp_path / "m")))
+    weights = Path(
+        mlflow.artifacts.download_artifacts(latest["generator"].model_uri, dst_path=str(tmp_path / "m"))
+    )
     assert list(weights.rglob("weights.safetensors")) and list(weights.rglob("code/gan_models/nets"))
     assert not list(weights.rglob("*.pkl"))  # weights and code only: nothing is unpickled on load
 
 
-def test_diverged_training_ends_its_run_failed_with_the_error(tmp_path: Path, store: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_diverged_training_ends_its_run_failed_with_the_error(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import gan_models.training.loop as loop
 
     original = loop.generator_objective
@@ -111,7 +120,9 @@ def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     cfg = tiny_config()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_target(cfg.tracking, tmp_path).uri == f"sqlite:///{tmp_path.resolve() / 'mlruns.db'}"
-    assert resolve_target(cfg.tracking, tmp_path).artifact_location == (tmp_path / "mlruns").resolve().as_uri()
+    assert (
+        resolve_target(cfg.tracking, tmp_path).artifact_location == (tmp_path / "mlruns").resolve().as_uri()
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
     assert resolve_target(cfg.tracking, tmp_path).uri == "http://tracking:5000"
     assert resolve_target(cfg.tracking, tmp_path).artifact_location is None  # the server's own store

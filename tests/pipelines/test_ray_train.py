@@ -1,0 +1,225 @@
+"""`ganops train` under Ray Train: real local Ray (2 CPUs), real MLflow (SQLite), tiny models and data.
+
+The fail-fast tests come first: they must fail before any Ray instance exists.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import psutil
+import pytest
+import ray
+
+from gan_models.config import Config
+from gan_models.errors import DatasetError
+from pipelines.ray_train import ClusterError, ReplicaMismatchError, launch
+from pipelines.tracking import TrackingError
+from tests.training.conftest import tiny_config, tiny_dataset
+
+STEPS_PER_EPOCH = 3  # 120 images, batches of 20 on each of 2 ranks
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mlflow")
+
+
+def ray_config(tmp_path: Path, store: Path, experiment: str, *overrides: str) -> Config:
+    """A 2-worker tiny SSGAN run on a prepared tiny dataset, tracked in `store` under `experiment`."""
+    if not (tmp_path / "data" / "mnist").exists():
+        tiny_dataset(tmp_path / "data" / "mnist")
+    return tiny_config(
+        "model.name=ssgan",
+        f"data.root={tmp_path / 'data'}",
+        "data.dataset=mnist",
+        f"train.output_dir={tmp_path / 'runs'}",
+        f"tracking.uri=sqlite:///{store / 'mlruns.db'}",
+        f"tracking.artifact_root={store / 'artifacts'}",
+        f"tracking.experiment={experiment}",
+        "ray.num_workers=2",
+        *overrides,
+    )
+
+
+def only_run(cfg: Config) -> mlflow.entities.Run:
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    (run,) = client.search_runs([experiment.experiment_id])  # exactly one run
+    return run
+
+
+def epochs_logged(cfg: Config, run: mlflow.entities.Run, metric: str) -> list[int]:
+    history = mlflow.MlflowClient(cfg.tracking.uri).get_metric_history(run.info.run_id, metric)
+    return sorted({m.step for m in history})
+
+
+# Bad inputs fail fast, before Ray starts.
+
+
+def _corrupt(cfg: Config) -> None:
+    images = Path(cfg.data.root) / "mnist" / "train_images.npy"
+    array = np.load(images)
+    array.flat[0] ^= 0xFF
+    np.save(images, array)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (
+            ["ray.num_workers=64"],
+            ClusterError,
+            r"ray.num_workers=64 x ray.cpus_per_worker=1 needs 64 CPUs; "
+            r"this machine has \d+",
+        ),
+        (["train.device=cuda"], ClusterError, r"needs 2 GPUs; this machine has 0"),
+        (
+            ["tracking.uri=http://127.0.0.1:9"],
+            TrackingError,
+            r"MLflow tracking at http://127.0.0.1:9 is unreachable",
+        ),
+        (["data.dataset=cifar10"], DatasetError, r"manifest.json: missing"),
+        (["corrupt"], DatasetError, r"failed verification:\n.*train_images.npy: sha256 differs"),
+    ],
+)
+def test_bad_inputs_fail_before_ray_starts(
+    overrides: list[str], error: type[Exception], message: str, tmp_path: Path, store: Path
+) -> None:
+    if overrides == ["train.device=cuda"] and __import__("torch").cuda.device_count() >= 2:
+        pytest.skip("this machine has the GPUs")
+    cfg = ray_config(tmp_path, store, "bad", *[o for o in overrides if o != "corrupt"])
+    if overrides == ["corrupt"]:
+        _corrupt(cfg)
+    begin = time.monotonic()
+    with pytest.raises(error, match=message):
+        launch(cfg, "bad")
+    assert time.monotonic() - begin < 30 and not ray.is_initialized()
+    assert not (tmp_path / "runs").exists()
+
+
+# Real training on a local Ray instance shared by the tests below.
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> None:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_more_workers_than_the_cluster_has_fails_before_training(
+    ray_cluster: None, tmp_path: Path, store: Path
+) -> None:
+    with pytest.raises(ClusterError, match=r"needs 3 CPUs; the Ray cluster \(local\) has 2"):
+        launch(ray_config(tmp_path, store, "big", "ray.num_workers=3"), "big")
+
+
+def test_two_workers_one_mlflow_run_with_every_epoch_and_the_models(
+    ray_cluster: None, tmp_path: Path, store: Path
+) -> None:
+    cfg = ray_config(tmp_path, store, "two", "train.epochs=2")
+    summary = launch(cfg, "two")
+    assert f"2 epochs, {2 * STEPS_PER_EPOCH} steps on 2 workers" in summary
+
+    run = only_run(cfg)
+    assert run.info.status == "FINISHED" and run.data.tags["final_step"] == str(2 * STEPS_PER_EPOCH)
+    assert run.data.params["ray.num_workers"] == "2" and run.data.tags["git_commit"]
+    for metric in ("d_loss", "g_loss", "train_accuracy", "images_per_s", "epoch_time_s"):
+        assert epochs_logged(cfg, run, metric) == [1, 2], metric
+    # Parameters were compared with rank 0's before every checkpoint (a difference raises).
+    assert epochs_logged(cfg, run, "replicas_identical") == [1, 2]
+    models = mlflow.MlflowClient(cfg.tracking.uri).search_logged_models([run.info.experiment_id])
+    assert sorted(m.name for m in models) == ["classifier", "generator"]
+    assert {m.source_run_id for m in models} == {run.info.run_id}
+    assert (tmp_path / "runs" / "two" / "samples" / "epoch_0002.png").exists()
+    # A second launch of a finished run name trains nothing.
+    assert "already trained for 2 epochs" in launch(cfg, "two")
+
+
+@pytest.mark.slow
+def test_relaunch_with_the_same_name_resumes_the_run(ray_cluster: None, tmp_path: Path, store: Path) -> None:
+    launch(ray_config(tmp_path, store, "again", "train.epochs=1"), "again")
+    cfg = ray_config(tmp_path, store, "again", "train.epochs=2")
+    summary = launch(cfg, "again")  # Ray restores the latest checkpoint of run "again"
+    assert f"2 epochs, {2 * STEPS_PER_EPOCH} steps" in summary
+    run = only_run(cfg)
+    assert run.info.status == "FINISHED" and epochs_logged(cfg, run, "d_loss") == [1, 2]
+    assert run.data.tags["resumed_with.train.epochs"] == "2"
+
+
+def _ray_train_workers() -> list[psutil.Process]:
+    """This test's Ray Train worker processes (descendants of this process: its local Ray instance)."""
+    workers = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(process.cmdline()):
+                workers.append(process)
+        except psutil.NoSuchProcess:
+            continue
+    return workers
+
+
+@pytest.mark.slow
+def test_killed_worker_is_replaced_and_the_run_completes_exactly(
+    ray_cluster: None, tmp_path: Path, store: Path
+) -> None:
+    epochs = 6
+    cfg = ray_config(tmp_path, store, "kill", f"train.epochs={epochs}", "ray.max_failures=1")
+    killed: list[int] = []
+
+    def kill_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            committed = list((tmp_path / "runs" / "ray" / "kill").glob("checkpoint_*"))
+            workers = _ray_train_workers()
+            if committed and len(workers) == 2:
+                victim = max(workers, key=lambda p: p.pid)
+                victim.kill()  # SIGKILL: no cleanup, as when a node dies
+                killed.append(victim.pid)
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    watcher.start()
+    summary = launch(cfg, "kill")
+    watcher.join(timeout=1)
+    assert killed, "no worker was killed"
+    assert f"{epochs} epochs, {epochs * STEPS_PER_EPOCH} steps" in summary  # the exact final step
+    run = only_run(cfg)
+    assert run.info.status == "FINISHED" and run.data.tags["final_step"] == str(epochs * STEPS_PER_EPOCH)
+    assert epochs_logged(cfg, run, "d_loss") == list(range(1, epochs + 1))
+
+
+def _mismatch_worker(config: dict) -> None:
+    import ray.train
+    import torch
+
+    from pipelines.ray_train import check_identical
+
+    torch.manual_seed(0)
+    nets = {"generator": torch.nn.Linear(3, 2), "discriminator": torch.nn.Linear(2, 1)}
+    assert check_identical(nets, torch.device("cpu"), "at first") == 8 + 3
+    if ray.train.get_context().get_world_rank() == 1:
+        with torch.no_grad():
+            nets["discriminator"].bias.add_(1e-6)
+    check_identical(nets, torch.device("cpu"), "after a perturbation")
+
+
+def test_replica_check_names_the_parameter_that_differs(ray_cluster: None, tmp_path: Path) -> None:
+    from ray.train import RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        _mismatch_worker,
+        scaling_config=ScalingConfig(num_workers=2),
+        run_config=RunConfig(name="mismatch", storage_path=str(tmp_path)),
+    )
+    with pytest.raises(TrainingFailedError) as failure:
+        trainer.fit()
+    assert ReplicaMismatchError.__name__ in str(failure.value)
+    assert "differ from rank 0's after a perturbation: discriminator.bias" in str(failure.value)
