@@ -54,8 +54,9 @@ def only_run(cfg: Config) -> mlflow.entities.Run:
 
 
 def epochs_logged(cfg: Config, run: mlflow.entities.Run, metric: str) -> list[int]:
+    """The epochs at which `metric` was logged, with repeats (a resumed epoch is logged again)."""
     history = mlflow.MlflowClient(cfg.tracking.uri).get_metric_history(run.info.run_id, metric)
-    return sorted({m.step for m in history})
+    return sorted(m.step for m in history)
 
 
 # Bad inputs fail fast, before Ray starts.
@@ -192,7 +193,8 @@ def test_killed_worker_is_replaced_and_the_run_completes_exactly(
     assert f"{epochs} epochs, {epochs * STEPS_PER_EPOCH} steps" in summary  # the exact final step
     run = only_run(cfg)
     assert run.info.status == "FINISHED" and run.data.tags["final_step"] == str(epochs * STEPS_PER_EPOCH)
-    assert epochs_logged(cfg, run, "d_loss") == list(range(1, epochs + 1))
+    logged = epochs_logged(cfg, run, "d_loss")
+    assert set(logged) == set(range(1, epochs + 1)) and logged.count(1) == 1  # resumed, not restarted
 
 
 def _mismatch_worker(config: dict) -> None:
@@ -223,3 +225,41 @@ def test_replica_check_names_the_parameter_that_differs(ray_cluster: None, tmp_p
         trainer.fit()
     assert ReplicaMismatchError.__name__ in str(failure.value)
     assert "differ from rank 0's after a perturbation: discriminator.bias" in str(failure.value)
+
+
+@pytest.mark.slow
+def test_killed_driver_relaunched_with_the_same_name_resumes_and_completes(
+    ray_cluster: None, tmp_path: Path, store: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    epochs = 6
+    cfg = ray_config(tmp_path, store, "driver", f"train.epochs={epochs}")
+    params = tmp_path / "params.yaml"
+    params.write_text(cfg.to_yaml())
+    env = os.environ | {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "train", "--run-name", "driver", "--config", str(params)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not list((tmp_path / "runs" / "ray" / "driver").glob("checkpoint_*")):
+            assert driver.poll() is None and time.monotonic() < deadline, (
+                "the driver ended before a checkpoint"
+            )
+            time.sleep(0.05)
+    finally:
+        driver.kill()  # SIGKILL: Ray tears down the run's controller and workers with their owner
+        driver.wait()
+
+    summary = launch(cfg, "driver")
+    assert f"{epochs} epochs, {epochs * STEPS_PER_EPOCH} steps" in summary
+    run = only_run(cfg)
+    logged = epochs_logged(cfg, run, "d_loss")
+    assert run.info.status == "FINISHED" and set(logged) == set(range(1, epochs + 1))
+    assert logged.count(1) == 1  # resumed from the checkpoint the killed driver committed, not restarted
