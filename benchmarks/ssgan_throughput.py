@@ -96,7 +96,7 @@ def reference(cfg: Config, ds: PreparedDataset, warmup: int, device: torch.devic
         opt_g.zero_grad()
         loss_g.backward()
         opt_g.step()
-        float(loss_g)  # the port logs the loss every step
+        loss_g.item()  # the port logs the loss every step
         times.append(time.perf_counter())
     return (len(times) - warmup) * BATCH / (times[-1] - times[warmup - 1])
 
