@@ -263,3 +263,12 @@ def test_killed_driver_relaunched_with_the_same_name_resumes_and_completes(
     logged = epochs_logged(cfg, run, "d_loss")
     assert run.info.status == "FINISHED" and set(logged) == set(range(1, epochs + 1))
     assert logged.count(1) == 1  # resumed from the checkpoint the killed driver committed, not restarted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["dcgan", "mlp-gan", "infogan", "stackedgan"])
+def test_every_family_trains_under_ddp(model: str, ray_cluster: None, tmp_path: Path, store: Path) -> None:
+    cfg = ray_config(
+        tmp_path, store, f"ddp-{model}", f"model.name={model}", "train.epochs=1", "tracking.enabled=false"
+    )
+    assert f"1 epochs, {STEPS_PER_EPOCH} steps on 2 workers" in launch(cfg, model)
