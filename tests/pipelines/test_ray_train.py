@@ -272,3 +272,12 @@ def test_every_family_trains_under_ddp(model: str, ray_cluster: None, tmp_path: 
         tmp_path, store, f"ddp-{model}", f"model.name={model}", "train.epochs=1", "tracking.enabled=false"
     )
     assert f"1 epochs, {STEPS_PER_EPOCH} steps on 2 workers" in launch(cfg, model)
+
+
+@pytest.mark.slow
+def test_diverged_ray_run_ends_failed_with_the_error(ray_cluster: None, tmp_path: Path, store: Path) -> None:
+    cfg = ray_config(tmp_path, store, "diverged", "train.lr_d=1e30", "train.lr_g=1e30", "ray.max_failures=0")
+    with pytest.raises(ClusterError, match="Ray Train run diverged failed"):
+        launch(cfg, "diverged")
+    run = only_run(cfg)
+    assert run.info.status == "FAILED" and "diverged at step 1" in run.data.tags["error"]

@@ -128,3 +128,50 @@ def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert resolve_target(cfg.tracking, tmp_path).artifact_location is None  # the server's own store
     cfg.tracking.uri = "sqlite:///rel.db"
     assert resolve_target(cfg.tracking, tmp_path).uri == f"sqlite:///{tmp_path.resolve() / 'rel.db'}"
+
+
+@pytest.mark.slow
+def test_the_same_code_tracks_to_a_real_mlflow_server_over_http(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    import psutil
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(1)
+        cfg = local_config(
+            tmp_path, tmp_path, "http", "model.name=dcgan", "train.epochs=1", f"tracking.uri={uri}"
+        )
+        train_local(cfg, "h")
+        (run,) = runs_of(cfg)
+        assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
+        (model,) = mlflow.MlflowClient(uri).search_logged_models([run.info.experiment_id])
+        mlflow.set_tracking_uri(uri)
+        images = mlflow.pyfunc.load_model(model.model_uri).predict(np.array([0, 1]))
+        assert images.dtype == np.uint8 and images.shape == (2, 28, 28, 1)
+    finally:
+        children = psutil.Process(server.pid).children(recursive=True)
+        server.terminate()
+        server.wait(timeout=60)
+        for child in children:  # the server's own uvicorn worker
+            if child.is_running():
+                child.kill()
