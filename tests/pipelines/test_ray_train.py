@@ -212,6 +212,7 @@ def _mismatch_worker(config: dict) -> None:
     check_identical(nets, torch.device("cpu"), "after a perturbation")
 
 
+@pytest.mark.slow
 def test_replica_check_names_the_parameter_that_differs(ray_cluster: None, tmp_path: Path) -> None:
     from ray.train import RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
