@@ -29,6 +29,8 @@ MODEL = [
     "train.batch_size=40",
     "--set",
     "train.device=cpu",
+    "--set",
+    "tracking.enabled=false",  # tracking has its own tests (tests/pipelines/test_tracking.py)
 ]
 
 
