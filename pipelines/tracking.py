@@ -210,6 +210,7 @@ class RunTracker:
         from pipelines.model_packaging import CLASSIFIER_NETS, log_model
 
         mlflow.log_figure(self._loss_figure(), "loss_curves.png")
+        mlflow.log_text(cfg.to_yaml(), "config.yaml")  # the resolved config that finished the training
         if cfg.tracking.log_models:
             kinds = ["generator"] + (["classifier"] if cfg.model.name in CLASSIFIER_NETS else [])
             with tempfile.TemporaryDirectory(prefix="ganops-models-") as workdir:

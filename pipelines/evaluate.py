@@ -1,0 +1,183 @@
+"""`ganops evaluate --run RUN_ID`: measure a finished training's models and record the results on its run.
+
+The models are loaded exactly as consumers load them (MLflow pyfunc, from the run's logged models), the
+dataset must be the version the run trained on, and the numbers go to the run (metrics, `eval.*` tags,
+`evaluation.json`) and to a JSON report on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gan_models.config import Config, DataConfig
+from gan_models.data.prepare import open_verified
+from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
+from gan_models.errors import DatasetError, GanOpsError
+from gan_models.metrics.evaluation import Evaluation, evaluate
+from pipelines.tracking import TrackingTarget, ensure_experiment, resolve_target
+
+REPORT_NAME = "evaluation.json"
+SIGNATURE_TAG = "eval.signature"
+
+
+@dataclass
+class RunEvaluation:
+    run_id: str
+    run_name: str
+    evaluation: Evaluation
+    report: Path
+    models: dict[str, str]  # kind -> model URI (models:/<model id>)
+
+
+def run_models(target: TrackingTarget, run_id: str) -> dict[str, Any]:
+    """The latest logged model of each name ("generator", "classifier") that run `run_id` produced."""
+    import mlflow
+
+    client = mlflow.MlflowClient(target.uri)
+    run = client.get_run(run_id)
+    found = client.search_logged_models(
+        [run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}'",
+        order_by=[{"field_name": "creation_time", "ascending": True}],
+    )
+    return {m.name: m for m in found}  # later models (a resumed training's) replace earlier ones
+
+
+def get_finished_run(target: TrackingTarget, run_id: str) -> Any:
+    """The run, which must exist and have finished; a clear error otherwise."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    ensure_experiment(target)  # fails fast, naming the URI, when the store is unreachable
+    try:
+        run = mlflow.MlflowClient(target.uri).get_run(run_id)
+    except MlflowException:
+        raise GanOpsError(f"no MLflow run {run_id!r} at {target.uri}") from None
+    if run.info.status != "FINISHED":
+        raise GanOpsError(f"run {run_id} is {run.info.status}; only finished trainings can be evaluated")
+    return run
+
+
+def run_config(run: Any) -> Config:
+    """The resolved config the run trained with (its `config.yaml` artifact, else its params)."""
+    import mlflow
+    import yaml
+
+    try:
+        text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/config.yaml")
+        return Config.model_validate(yaml.safe_load(text))
+    except Exception:  # older runs: rebuild from the flattened params
+        tree: dict[str, Any] = {}
+        for key, value in run.data.params.items():
+            *parents, leaf = key.split(".")
+            node = tree
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = yaml.safe_load(value) if value != "None" else None
+        for key, value in run.data.tags.items():  # a resume with changed values
+            if key.startswith("resumed_with."):
+                *parents, leaf = key.removeprefix("resumed_with.").split(".")
+                node = tree
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[leaf] = yaml.safe_load(value) if value != "None" else None
+        return Config.model_validate(tree)
+
+
+def dataset_of_run(run: Any, trained: Config, data_root: Path) -> PreparedDataset:
+    """The verified prepared dataset the run trained on; an error if `data_root` holds another version."""
+    data_cfg = DataConfig(root=data_root, dataset=trained.data.dataset)
+    dataset = open_verified(data_cfg)
+    expected = run.data.tags.get("data_manifest_sha256")
+    actual = sha256_file(dataset.path / MANIFEST)
+    if expected and expected != actual:
+        version = run.data.tags.get("data_version", "unknown")
+        raise DatasetError(
+            f"run {run.info.run_id} trained on another version of {trained.data.dataset} (data version "
+            f"{version}, manifest sha256 {expected[:12]}...) than {dataset.path} holds (manifest sha256 "
+            f"{actual[:12]}...): check out that data version (git checkout + `ganops data pull`) to evaluate it"
+        )
+    return dataset
+
+
+def evaluate_run(
+    run_id: str,
+    cfg: Config,
+    *,
+    project: Path | None = None,
+    report: Path | None = None,
+    progress: Any = None,
+) -> RunEvaluation:
+    """Evaluate run `run_id`'s generator and classifier; log the results to the run and a JSON report."""
+    import mlflow
+    from mlflow.entities import Metric, RunTag
+
+    project = (project or Path.cwd()).resolve()
+    target = resolve_target(cfg.tracking, project)
+    run = get_finished_run(target, run_id)
+    trained = run_config(run)
+    dataset = dataset_of_run(run, trained, (project / cfg.data.root).resolve())
+    models = run_models(target, run_id)
+    if "generator" not in models:
+        raise GanOpsError(f"run {run_id} logged no generator model (was tracking.log_models false?)")
+
+    mlflow.set_tracking_uri(target.uri)
+    loaded = {kind: mlflow.pyfunc.load_model(m.model_uri) for kind, m in models.items()}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    inception = cfg.evaluate.inception_fid == "on" or (
+        cfg.evaluate.inception_fid == "auto" and device.type == "cuda"
+    )
+    evaluation = evaluate(
+        dataset,
+        cfg.evaluate,
+        generate=loaded["generator"].predict,
+        classify=loaded["classifier"].predict if "classifier" in loaded else None,
+        device=device,
+        inception=inception,
+        progress=progress,
+    )
+
+    # Record: metrics and how they were made on the run, the whole report as an artifact and a file.
+    client = mlflow.MlflowClient(target.uri)
+    now = int(time.time() * 1000)
+    metrics = evaluation.metrics | {
+        f"test_accuracy_class_{name}": value for name, value in evaluation.per_class.items()
+    }
+    tags = {f"eval.{k}": v for k, v in evaluation.info.items()} | {SIGNATURE_TAG: evaluation.signature}
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+    body = {"run_id": run_id, "run_name": run.info.run_name, **evaluation.to_dict()}
+    body["models"] = {kind: m.model_uri for kind, m in models.items()}
+    client.log_dict(run_id, body, REPORT_NAME)
+    report = report or (project / cfg.train.output_dir / run.info.run_name / REPORT_NAME)
+    write_json(report, body)
+    return RunEvaluation(
+        run_id, run.info.run_name, evaluation, report, {k: m.model_uri for k, m in models.items()}
+    )
+
+
+def write_json(path: Path, body: dict[str, Any]) -> None:
+    """Write atomically: a reader sees the old report or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def evaluation_of_run(run: Any) -> tuple[dict[str, float], dict[str, str]] | None:
+    """The metrics and `eval.*` info recorded on a run by `evaluate_run`, or None if never evaluated."""
+    tags = run.data.tags
+    if SIGNATURE_TAG not in tags:
+        return None
+    info = {k.removeprefix("eval."): v for k, v in tags.items() if k.startswith("eval.")}
+    return dict(run.data.metrics), info

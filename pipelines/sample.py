@@ -1,0 +1,59 @@
+"""`ganops sample`: images from a registered generator (`NAME@champion`, `NAME/3`), as a PNG grid."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gan_models.config import Config
+from pipelines.registry import Registry, RegistryError, parse_model_ref
+from pipelines.tracking import resolve_target
+
+
+def model_uri(ref: str, registry: Registry) -> str:
+    """`models:/...` for `NAME@alias` or `NAME/version`, after checking the model and alias exist."""
+    name, alias, version = parse_model_ref(ref)
+    if alias is not None:
+        if registry.by_alias(name, alias) is None:
+            raise RegistryError(f"registered model {name!r} has no alias {alias!r}")
+        return f"models:/{name}@{alias}"
+    if version is None:
+        raise RegistryError(f"model reference {ref!r}: use NAME@ALIAS (e.g. {ref}@champion) or NAME/VERSION")
+    registry.get_version(name, version)
+    return f"models:/{name}/{version}"
+
+
+def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """uint8 (N, H, W, C) -> one uint8 (rows, cols, C) image with `pad` pixels between tiles."""
+    n, h, w, c = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    out = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, nrow)
+        out[
+            pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w
+        ] = image
+    return out
+
+
+def sample(ref: str, n: int, out: Path, cfg: Config, seed: int = 0) -> Path:
+    """Write a grid of `n` images (seeds seed .. seed + n - 1) from generator `ref` to `out` (PNG)."""
+    import mlflow
+    from PIL import Image
+
+    target = resolve_target(cfg.tracking)
+    uri = model_uri(ref, Registry(target.uri))
+    mlflow.set_tracking_uri(target.uri)
+    mlflow.set_registry_uri(target.uri)
+    images = mlflow.pyfunc.load_model(uri).predict(np.arange(seed, seed + n, dtype=np.int64))
+    picture = grid(np.asarray(images, dtype=np.uint8))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
+    Image.fromarray(picture.squeeze(-1) if picture.shape[-1] == 1 else picture).save(tmp, format="PNG")
+    os.replace(tmp, out)
+    return out

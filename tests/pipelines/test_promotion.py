@@ -1,0 +1,166 @@
+"""The promotion policy, rollback and concurrent promotions against a real MLflow registry (SQLite).
+
+Versions are created directly with the tags `ganops promote --run` writes (metrics, evaluation
+signature), so each case costs milliseconds; tests/pipelines/test_evaluate.py covers a trained run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from gan_models.config import Config, PromotionConfig, load_config
+from pipelines.promotion import _promote, decide, promote_version, rollback
+from pipelines.registry import CHAMPION, PREVIOUS, Registry, RegistryError, Version
+
+POLICY = PromotionConfig()
+
+
+def version(v: str, accuracy: float | None, fd: float, signature: str = "sig") -> Version:
+    metrics = {"domain_fd": fd} | ({"test_accuracy": accuracy} if accuracy is not None else {})
+    return Version("m-generator", v, f"run{v}", signature, metrics, {})
+
+
+@pytest.mark.parametrize(
+    ("candidate", "promote", "reason"),
+    [
+        (version("2", 0.91, 10.5), True, "test_accuracy 0.9100 > 0.9000 and domain_fd 10.5 within 10%"),
+        (version("2", 0.89, 9.0), False, "test_accuracy 0.8900 does not beat the champion's 0.9000"),
+        (version("2", 0.90, 5.0), False, "test_accuracy 0.9000 ties the champion's 0.9000"),
+        (version("2", 0.95, 11.5), False, "domain_fd 11.5 is more than 10% worse than the champion's 10"),
+        (version("2", 0.99, 1.0, signature="other"), False, "not comparable: evaluated differently"),
+    ],
+    ids=["better", "worse", "tied", "fd-too-worse", "incomparable"],
+)
+def test_policy_better_worse_tied_and_incomparable(candidate: Version, promote: bool, reason: str) -> None:
+    decision = decide(candidate, version("1", 0.90, 10.0), POLICY)
+    assert decision.promote is promote
+    assert reason in decision.reason
+    assert decision.champion == {"test_accuracy": 0.90, "domain_fd": 10.0}
+
+
+def test_policy_without_classifier_ranks_by_fd_and_first_candidate_wins() -> None:
+    assert decide(version("1", None, 10.0), None, POLICY).reason == "no champion yet"
+    assert decide(version("2", None, 8.0), version("1", None, 10.0), POLICY).promote
+    assert not decide(version("2", None, 12.0), version("1", None, 10.0), POLICY).promote
+
+
+# Against a real registry.
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """One registry for the module (creating a SQLite store takes seconds); each test uses its own names."""
+    store = tmp_path_factory.mktemp("registry")
+    return load_config(
+        None, [f"tracking.uri=sqlite:///{store / 'mlruns.db'}", f"promotion.lock_dir={store / 'locks'}"]
+    )
+
+
+def add_version(cfg: Config, name: str, accuracy: float, fd: float, signature: str = "sig") -> str:
+    """A registered version carrying the tags that registration writes (source: a placeholder path)."""
+    client = mlflow.MlflowClient(cfg.tracking.uri, registry_uri=cfg.tracking.uri)
+    try:
+        client.create_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        pass
+    tags = {"metric.test_accuracy": str(accuracy), "metric.domain_fd": str(fd), "eval.signature": signature}
+    return str(client.create_model_version(name, source="file:///nowhere", tags=tags).version)
+
+
+def aliases(cfg: Config, name: str) -> dict[str, str]:
+    client = mlflow.MlflowClient(cfg.tracking.uri, registry_uri=cfg.tracking.uri)
+    return {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
+
+
+def test_champion_previous_history_and_rollback(cfg: Config) -> None:
+    name = "svhn-ssgan-generator"
+    v1 = add_version(cfg, name, 0.80, 20.0)
+    v2 = add_version(cfg, name, 0.85, 19.0)
+    v3 = add_version(cfg, name, 0.84, 15.0)
+    assert _promote(cfg, name, v1, by_hand=False).decision.promote
+    assert _promote(cfg, name, v2, by_hand=False).decision.promote
+    rejected = _promote(cfg, name, v3, by_hand=False)
+    assert not rejected.decision.promote and rejected.previous == v2
+    assert aliases(cfg, name) == {CHAMPION: v2, PREVIOUS: v1}
+
+    registry = Registry(cfg.tracking.uri)
+    tags = registry.get_version(name, v3).tags
+    assert tags["promotion.decision"] == "rejected" and "does not beat" in tags["promotion.reason"]
+
+    rollback(name, cfg)
+    assert aliases(cfg, name) == {CHAMPION: v1}
+    with pytest.raises(RegistryError, match="no 'previous' version"):
+        rollback(name, cfg)
+    promote_version(name, v3, cfg)  # by hand: the policy is not consulted
+    assert aliases(cfg, name) == {CHAMPION: v3, PREVIOUS: v1}
+
+    history = registry.history(name)
+    assert [(e["action"], e["version"]) for e in history] == [
+        ("promoted", v1),
+        ("promoted", v2),
+        ("rejected", v3),
+        ("rolled back", v1),
+        ("promoted by hand", v3),
+    ]
+    assert history[2]["candidate"] == {"test_accuracy": 0.84, "domain_fd": 15.0}
+    assert history[2]["champion"] == {"test_accuracy": 0.85, "domain_fd": 19.0}
+
+
+def test_classifier_follows_its_generator(cfg: Config) -> None:
+    client = mlflow.MlflowClient(cfg.tracking.uri, registry_uri=cfg.tracking.uri)
+    experiment = client.create_experiment("e")
+    runs = [client.create_run(experiment).info.run_id for _ in range(2)]
+    for name in ("d-m-generator", "d-m-classifier"):
+        client.create_registered_model(name)
+        for run_id, accuracy in zip(runs, (0.5, 0.6), strict=True):
+            tags = {"metric.test_accuracy": str(accuracy), "metric.domain_fd": "1", "eval.signature": "s"}
+            client.create_model_version(name, "file:///nowhere", run_id=run_id, tags=tags)
+    _promote(cfg, "d-m-generator", "1", by_hand=False)
+    _promote(cfg, "d-m-generator", "2", by_hand=False)
+    assert aliases(cfg, "d-m-classifier") == {CHAMPION: "2", PREVIOUS: "1"}
+    rollback("d-m-generator", cfg)
+    assert aliases(cfg, "d-m-classifier") == {CHAMPION: "1"}
+
+
+def _promote_in_process(cfg_dict: dict, name: str, version_: str, barrier: multiprocessing.Barrier) -> None:
+    cfg = Config.model_validate(cfg_dict)
+    barrier.wait()  # both processes ask at the same moment
+    _promote(cfg, name, version_, by_hand=False)
+
+
+def test_two_concurrent_promotions_never_let_the_worse_model_win(cfg: Config) -> None:
+    name = "race-generator"
+    base = add_version(cfg, name, 0.50, 10.0)
+    _promote(cfg, name, base, by_hand=False)
+    good = add_version(cfg, name, 0.70, 10.0)
+    better = add_version(cfg, name, 0.90, 10.0)
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    procs = [
+        context.Process(target=_promote_in_process, args=(cfg.to_dict(), name, v, barrier)) for v in (better, good)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    # Whichever ran first, the better model is champion: the second saw the first's result under the lock.
+    assert aliases(cfg, name)[CHAMPION] == better
+    actions = sorted(e["action"] for e in Registry(cfg.tracking.uri).history(name)[1:])
+    assert actions in (["promoted", "promoted"], ["promoted", "rejected"])
+
+
+def test_unknown_model_version_or_alias_is_a_clear_error(cfg: Config) -> None:
+    add_version(cfg, "known-generator", 0.5, 1.0)
+    with pytest.raises(RegistryError, match="no registered model 'unknown-generator'.*known-generator"):
+        promote_version("unknown-generator", "1", cfg)
+    with pytest.raises(RegistryError, match="has no version 7"):
+        promote_version("known-generator", "7", cfg)
+    from pipelines.sample import sample
+
+    with pytest.raises(RegistryError, match="has no alias 'champion'"):
+        sample("known-generator@champion", 4, Path("x.png"), cfg)
