@@ -142,7 +142,7 @@ class EvaluateConfig(_Section):
     num_real: int = Field(5000, gt=0, description="real images behind the distribution metrics")
     num_generated: int = Field(5000, gt=0, description="generated images (seeds seed .. seed + n - 1)")
     seed: int = Field(0, ge=0, description="first generator seed; also picks the real subset")
-    inception_fid: Literal["auto", "on", "off"] = Field(
+    inception_fid: Literal["auto"] | bool = Field(
         "auto", description="Inception FID: auto runs it when a GPU is present (slow on a CPU)"
     )
     inception_weights: Path | None = Field(

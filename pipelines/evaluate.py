@@ -131,9 +131,8 @@ def evaluate_run(
     mlflow.set_tracking_uri(target.uri)
     loaded = {kind: mlflow.pyfunc.load_model(m.model_uri) for kind, m in models.items()}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    inception = cfg.evaluate.inception_fid == "on" or (
-        cfg.evaluate.inception_fid == "auto" and device.type == "cuda"
-    )
+    wanted = cfg.evaluate.inception_fid
+    inception = wanted is True or (wanted == "auto" and device.type == "cuda")
     evaluation = evaluate(
         dataset,
         cfg.evaluate,

@@ -1,0 +1,189 @@
+"""Evaluate a real trained run, promote it, and consume the champion: sample grid, pyfunc, `mlflow models serve`.
+
+Real MLflow (SQLite store in a temporary directory), a tiny SSGAN trained in-process on a tiny
+learnable dataset, and a real `mlflow models serve` process answering an HTTP request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from gan_models.config import Config
+from gan_models.data.prepared import write_prepared
+from gan_models.data.sources import RawDataset
+from gan_models.errors import DatasetError, GanOpsError
+from pipelines.evaluate import evaluate_run
+from pipelines.promotion import promote_run
+from pipelines.registry import CHAMPION, Registry
+from pipelines.sample import sample
+from pipelines.tracking import find_run, resolve_target
+from pipelines.train_local import train_local
+from tests.training.conftest import tiny_config
+
+GENERATOR = "mnist-ssgan-generator"
+
+
+def blobs(path: Path, n: int, seed: int) -> None:
+    """Position-coded blobs (learnable) with a 300-image test split: enough for FD on 128-d features."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 40, size=(n, 28, 28, 1), dtype=np.uint8)
+    for i, c in enumerate(labels):
+        images[i, 9:15, 2 + 2 * c : 8 + 2 * c] = 230
+    raw = RawDataset(
+        {"train": (images[300:], labels[300:]), "test": (images[:300], labels[:300])}, list("0123456789")
+    )
+    write_prepared(raw, path, name="mnist", labels_per_class=5, label_seed=0, params={"seed": seed})
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    blobs(root / "data" / "mnist", 900, seed=0)
+    return root
+
+
+def config(project: Path, *overrides: str) -> Config:
+    return tiny_config(
+        "model.name=ssgan",
+        "data.dataset=mnist",
+        f"data.root={project / 'data'}",
+        f"train.output_dir={project / 'runs'}",
+        f"tracking.uri=sqlite:///{project / 'mlruns.db'}",
+        f"tracking.artifact_root={project / 'artifacts'}",
+        "evaluate.num_real=200",
+        "evaluate.num_generated=200",
+        "evaluate.kid_subsets=10",
+        "evaluate.kid_subset_size=100",
+        "evaluate.inception_fid=false",
+        f"promotion.lock_dir={project / 'locks'}",
+        *overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def run_id(project: Path) -> str:
+    cfg = config(project)
+    train_local(cfg, "first")
+    found = find_run(resolve_target(cfg.tracking), "first")
+    assert found is not None
+    return found
+
+
+def test_evaluate_records_accuracy_fd_and_kid_on_the_run_and_in_a_report(project: Path, run_id: str) -> None:
+    cfg = config(project)
+    with pytest.raises(GanOpsError, match="has not been evaluated"):
+        promote_run(run_id, cfg, project)  # promotion needs an evaluation first
+
+    result = evaluate_run(run_id, cfg, project=project)
+
+    metrics = result.evaluation.metrics
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["domain_fd"] > 0 and np.isfinite(metrics["domain_kid"])
+    assert set(result.evaluation.per_class) == set("0123456789")
+    run = mlflow.MlflowClient(cfg.tracking.uri).get_run(run_id)
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert run.data.metrics["test_accuracy_class_3"] == pytest.approx(result.evaluation.per_class["3"])
+    tags = run.data.tags
+    assert tags["eval.num_real"] == "200" and tags["eval.num_generated"] == "200"
+    assert tags["eval.domain_extractor"].startswith("domain-classifier:")
+    assert "pytorch-fid formula" in tags["eval.fd_implementation"]
+    report = json.loads(result.report.read_text())
+    assert result.report == project / "runs" / "first" / "evaluation.json"
+    assert report["metrics"] == metrics and report["signature"] == tags["eval.signature"]
+    artifact = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/evaluation.json")
+    assert artifact["metrics"] == metrics
+
+    # Evaluating again gives the same numbers (seeded generation, cached real features).
+    again = evaluate_run(run_id, cfg, project=project, report=project / "again.json")
+    assert again.evaluation.metrics == metrics and again.evaluation.signature == result.evaluation.signature
+
+
+def test_a_run_evaluated_against_another_dataset_version_is_refused(project: Path, run_id: str) -> None:
+    other = project / "other-data"
+    blobs(other / "mnist", 900, seed=1)  # same name and shape, other bytes
+    with pytest.raises(DatasetError, match="trained on another version of mnist"):
+        evaluate_run(run_id, config(project, f"data.root={other}"), project=project)
+    shutil.rmtree(other)
+
+
+def test_unknown_run_is_a_clear_error(project: Path) -> None:
+    with pytest.raises(GanOpsError, match="no MLflow run 'feedbeef'"):
+        evaluate_run("feedbeef", config(project), project=project)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_promoted_champion_samples_loads_and_serves(project: Path, run_id: str) -> None:
+    cfg = config(project)
+    if "eval.signature" not in mlflow.MlflowClient(cfg.tracking.uri).get_run(run_id).data.tags:
+        evaluate_run(run_id, cfg, project=project)
+    promotion = promote_run(run_id, cfg, project)
+    assert promotion.decision.promote and promotion.decision.reason == "no champion yet"
+    registry = Registry(cfg.tracking.uri)
+    champion = registry.by_alias(GENERATOR, CHAMPION)
+    assert champion is not None and champion.run_id == run_id
+    assert champion.tags["data_version"] == "unversioned" and "metric.test_accuracy" in champion.tags
+    assert registry.by_alias("mnist-ssgan-classifier", CHAMPION) is not None
+    # Promoting the same run again registers nothing new and changes nothing.
+    assert not promote_run(run_id, cfg, project).decision.promote
+
+    # ganops sample: a grid of 16 tiles of 28 px with 2 px padding.
+    grid = sample(f"{GENERATOR}@champion", 16, project / "grid.png", cfg)
+    with Image.open(grid) as image:
+        assert image.size == (4 * 30 + 2, 4 * 30 + 2)
+
+    # pyfunc by alias.
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    model = mlflow.pyfunc.load_model(f"models:/{GENERATOR}@champion")
+    local = model.predict(np.array([0, 1, 2], dtype=np.int64))
+    assert local.dtype == np.uint8 and local.shape == (3, 28, 28, 1)
+
+    # mlflow models serve, over HTTP.
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.tracking.uri}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{GENERATOR}@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"mlflow models serve did not start:\n{server.stdout.read()}"
+                    ) from None
+                time.sleep(1)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": [0, 1, 2]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = np.array(json.loads(response.read())["predictions"], dtype=np.uint8)
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert np.array_equal(served, local)  # the served champion draws the same images for the same seeds
