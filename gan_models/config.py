@@ -169,6 +169,14 @@ class PromotionConfig(_Section):
     )
 
 
+class FlowConfig(_Section):
+    """The Prefect flows (read by `pipelines/flows.py`)."""
+
+    train_timeout_s: float | None = Field(
+        6 * 3600.0, gt=0, description="stop the Ray job and fail its MLflow run after this long; null: never"
+    )
+
+
 class Config(_Section):
     """The whole resolved configuration of one run."""
 
@@ -180,6 +188,7 @@ class Config(_Section):
     ray: RayConfig = RayConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     promotion: PromotionConfig = PromotionConfig()
+    flow: FlowConfig = FlowConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -264,6 +264,86 @@ def sample_cmd(
     typer.echo(f"wrote {n} samples from {model} to {path}")
 
 
+@app.command("retrain")
+def retrain_cmd(
+    force: Annotated[bool, typer.Option(help="train even if this data and config already trained")] = False,
+    run_name: Annotated[str | None, typer.Option(help="MLflow/Ray run name (default: derived)")] = None,
+    sample_out: Annotated[
+        Path | None, typer.Option(help="afterwards, write 64 samples from the champion to this PNG")
+    ] = None,
+    config: ConfigOpt = DEFAULT_PARAMS,
+    overrides: SetOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Run the retrain flow once: version data -> train (Ray) -> evaluate -> promote. No server needed."""
+    from pipelines.flows import retrain
+
+    cfg = _config(config, overrides, dry_run)  # validated before Prefect starts
+    summary = retrain(str(config), list(overrides or []), force=force, run_name=run_name)
+    if sample_out is not None:
+        from pipelines.sample import sample
+
+        sample(f"{summary['promotion']['name']}@champion", 64, sample_out, cfg)
+        typer.echo(f"champion samples: {sample_out}")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    param: Annotated[
+        list[str],
+        typer.Option("--param", "-p", help="a grid axis, e.g. -p train.lr_g=1e-4,3e-4 (repeatable)"),
+    ],
+    config: ConfigOpt = DEFAULT_PARAMS,
+    overrides: SetOpt = None,
+) -> None:
+    """Train and evaluate a grid of configs (each a Ray Train run); promote the best by the policy."""
+    import yaml
+
+    from pipelines.flows import sweep
+
+    grid = {}
+    for axis in param:
+        key, sep, values = axis.partition("=")
+        if not sep or not values:
+            raise GanOpsError(f"--param {axis!r}: expected KEY=V1,V2,...")
+        grid[key.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+    result = sweep(grid, str(config), list(overrides or []))
+    typer.echo(f"best run {result['best']['run_id']}: {result['promotion']['reason']}")
+
+
+@app.command("schedule")
+def schedule_cmd(
+    cron: Annotated[str, typer.Option(help='cron schedule, e.g. "0 3 * * 1" (Mondays 03:00)')],
+    name: Annotated[str, typer.Option(help="deployment name")] = "scheduled-retrain",
+    timezone: Annotated[str, typer.Option(help="time zone of the cron schedule")] = "UTC",
+    config: ConfigOpt = DEFAULT_PARAMS,
+    overrides: SetOpt = None,
+) -> None:
+    """Create a Prefect deployment of `retrain` on a cron schedule and serve it (runs until stopped).
+
+    Uses the Prefect server at $PREFECT_API_URL; the config and overrides become its parameters.
+    """
+    from prefect.schedules import Cron
+
+    from pipelines.flows import retrain
+
+    _config(config, overrides, dry_run=False)  # a bad config fails now, not at 3 a.m.
+    try:
+        schedule = Cron(cron, timezone=timezone)
+    except ValueError as e:
+        raise GanOpsError(f"--cron {cron!r}: {e}") from None
+    retrain.serve(
+        name=name,
+        schedule=schedule,
+        parameters={
+            "config_path": str(config),
+            "overrides": list(overrides or []),
+            "project": str(Path.cwd()),
+        },
+        tags=["ganops"],
+    )
+
+
 def main() -> None:
     """Entry point: user errors print one clear message and exit 2, without a traceback."""
     try:

@@ -9,6 +9,8 @@ retried training continues the same run. A training that raises ends its run FAI
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import subprocess
 import tempfile
@@ -28,6 +30,7 @@ DEFAULT_DB = "mlruns.db"
 RUN_NAME_TAG = "ganops.run_name"
 EXTRA_KEY = "mlflow_run_id"  # the key of the run id in a checkpoint's extra state
 LOSS_METRICS = ("d_loss", "g_loss")
+TRAINING_KEY_TAG = "ganops.training_key"
 
 
 class TrackingError(GanOpsError):
@@ -139,6 +142,18 @@ def _git(repo: Path, *args: str) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
+def training_key(cfg: Config) -> str:
+    """What decides a trained model besides the data bytes: seed, model, training options, world size.
+
+    Output locations and checkpoint cadence are left out; a retrain flow skips training when a finished
+    run has this key and the same data.
+    """
+    train = cfg.train.model_dump(mode="json", exclude={"output_dir", "checkpoint_every", "samples_every"})
+    blob = {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"), "train": train}
+    blob["num_workers"] = cfg.ray.num_workers  # shards and batch statistics depend on it
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """`{"train": {"lr_g": 3e-4}}` -> `{"train.lr_g": "0.0003"}`."""
     flat: dict[str, str] = {}
@@ -176,7 +191,7 @@ class RunTracker:
         client = mlflow.MlflowClient(target.uri)
         params = flatten(cfg.to_dict())
         if run_id is None:
-            tags = {RUN_NAME_TAG: run_name, **tags}
+            tags = {RUN_NAME_TAG: run_name, TRAINING_KEY_TAG: training_key(cfg), **tags}
             run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
             logged: dict[str, str] = {}
         else:

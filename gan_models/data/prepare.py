@@ -18,10 +18,15 @@ def prepared_path(cfg: DataConfig) -> Path:
     return Path(cfg.root) / cfg.dataset
 
 
+def content_params(cfg: DataConfig) -> dict:
+    """The data keys that decide the prepared bytes (recorded in the manifest as `params`)."""
+    return cfg.model_dump(mode="json", exclude=_LOCATION_KEYS)
+
+
 def prepare_dataset(cfg: DataConfig, progress: Progress | None = None) -> PreparedDataset:
     """Read `cfg.dataset` from its source and write it to `<root>/<dataset>/` atomically."""
     raw = load_source(cfg, progress)
-    params = cfg.model_dump(mode="json", exclude=_LOCATION_KEYS)
+    params = content_params(cfg)
     return write_prepared(
         raw,
         prepared_path(cfg),

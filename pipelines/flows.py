@@ -1,0 +1,285 @@
+"""Prefect flows: `retrain` (data -> train -> evaluate -> promote) and `sweep` (several configs, best offered).
+
+Each task is a few lines around a plain function of `pipelines/`, so everything here also runs without
+Prefect. Training is one task that runs `ganops train` (a Ray Train job) in a child process: a timeout
+kills that process (and with it the Ray driver and its workers) and ends the MLflow run FAILED. Steps
+that can fail transiently (DVC, reaching MLflow) retry with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.tasks import exponential_backoff
+
+from gan_models.config import DEFAULT_PARAMS, Config, load_config
+from gan_models.data.prepare import content_params, prepare_dataset, prepared_path
+from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file, verify_prepared
+from gan_models.errors import GanOpsError
+from pipelines.tracking import (
+    TRAINING_KEY_TAG,
+    TrackingTarget,
+    ensure_experiment,
+    mark_failed,
+    resolve_target,
+    training_key,
+)
+
+TRANSIENT = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2)}
+
+
+class TrainingTimeout(GanOpsError):
+    """Training ran past `flow.train_timeout_s`; its Ray job was stopped and its MLflow run failed."""
+
+
+# Data.
+
+
+def ensure_data(cfg: Config, project: Path) -> tuple[PreparedDataset, str]:
+    """The verified prepared dataset for `cfg.data` (restored with DVC, or prepared), and its data version.
+
+    Prepared data whose recorded parameters differ from `cfg.data` is prepared again; data under the
+    project's `data/` is then versioned (`dvc add` + `dvc push`).
+    """
+    from pipelines.versioning import DATA_DIR, VersioningError, pull_data, version_data
+
+    data = cfg.data.model_copy()
+    data.root = project / data.root if not data.root.is_absolute() else data.root
+    path = prepared_path(data)
+    if not (path / MANIFEST).exists() and (project / "data.dvc").exists():
+        try:
+            pull_data(project)  # a fresh clone: restore the exact bytes from the DVC remote
+        except VersioningError:
+            pass  # nothing pushed there yet (a new machine): prepare below
+    if not (path / MANIFEST).exists() or verify_prepared(path) or not _same_params(path, data):
+        prepare_dataset(data)
+    dataset = PreparedDataset.open(path)
+    if path.resolve().is_relative_to((project / DATA_DIR).resolve()) and (project / ".dvc").is_dir():
+        return dataset, version_data(project)
+    return dataset, "unversioned"
+
+
+def _same_params(path: Path, data: Any) -> bool:
+    return json.loads((path / MANIFEST).read_text()).get("params") == content_params(data)
+
+
+# Training.
+
+
+def finished_run(target: TrackingTarget, key: str, manifest_sha256: str) -> str | None:
+    """A finished run with this training key on these data bytes, if one exists."""
+    import mlflow
+
+    client = mlflow.MlflowClient(target.uri)
+    experiment = client.get_experiment_by_name(target.experiment)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{TRAINING_KEY_TAG}` = '{key}' and tags.data_manifest_sha256 = '{manifest_sha256}' "
+        "and attributes.status = 'FINISHED'",
+        max_results=1,
+        order_by=["attributes.end_time DESC"],
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def train_job(cfg: Config, project: Path, run_name: str, timeout_s: float | None) -> str:
+    """Run `ganops train` (Ray Train) in a child process; return the MLflow run id.
+
+    On timeout the child's whole process group is killed: the Ray driver goes, so does its job.
+    """
+    from pipelines.tracking import find_run
+
+    target = resolve_target(cfg.tracking, project)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="ganops-", delete=False) as f:
+        f.write(cfg.to_yaml())
+    command = [sys.executable, "-m", "pipelines", "train", "--config", f.name, "--run-name", run_name]
+    child = subprocess.Popen(command, cwd=project, start_new_session=True)
+    try:
+        code = child.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        error = TrainingTimeout(f"training {run_name} ran past flow.train_timeout_s={timeout_s:g}; stopped")
+        if cfg.tracking.enabled:
+            mark_failed(target, run_name, error)
+        raise error from None
+    except BaseException:  # the flow was cancelled: take the job down with it
+        os.killpg(child.pid, signal.SIGKILL)
+        raise
+    finally:
+        os.unlink(f.name)
+    if code != 0:
+        raise GanOpsError(f"training {run_name} failed (`ganops train` exited {code}); see its log above")
+    run_id = find_run(target, run_name)
+    if run_id is None:
+        raise GanOpsError(f"training {run_name} finished but left no MLflow run in {target.uri}")
+    return run_id
+
+
+# Prefect tasks: thin wrappers.
+
+
+@task(name="version-data", **TRANSIENT)
+def version_data_task(cfg: Config, project: Path) -> dict[str, str]:
+    dataset, version = ensure_data(cfg, project)
+    return {
+        "dataset": dataset.name,
+        "data_version": version,
+        "manifest": sha256_file(dataset.path / MANIFEST),
+    }
+
+
+@task(name="reach-mlflow", **TRANSIENT)
+def reach_mlflow_task(cfg: Config, project: Path) -> str:
+    target = resolve_target(cfg.tracking, project)
+    ensure_experiment(target)
+    return target.uri
+
+
+@task(name="train")
+def train_task(
+    cfg: Config, project: Path, data: dict[str, str], force: bool, run_name: str | None
+) -> dict[str, Any]:
+    target = resolve_target(cfg.tracking, project)
+    key = training_key(cfg)
+    existing = None if force else finished_run(target, key, data["manifest"])
+    if existing is not None:
+        return {"run_id": existing, "skipped": True}
+    name = run_name or f"{cfg.data.dataset}-{cfg.model.name}-{key[:8]}-{data['manifest'][:8]}"
+    if force and run_name is None:
+        name += f"-{os.urandom(3).hex()}"  # a forced retrain is a new run, not a resume of the old one
+    return {"run_id": train_job(cfg, project, name, cfg.flow.train_timeout_s), "skipped": False, "name": name}
+
+
+@task(name="evaluate", **TRANSIENT)
+def evaluate_task(cfg: Config, project: Path, run_id: str) -> dict[str, Any]:
+    from pipelines.evaluate import evaluate_run
+
+    result = evaluate_run(run_id, cfg, project=project)
+    return {"metrics": result.evaluation.metrics, "report": str(result.report)}
+
+
+@task(name="promote", **TRANSIENT)
+def promote_task(cfg: Config, project: Path, run_id: str) -> dict[str, Any]:
+    from pipelines.promotion import decision_dict, promote_run
+
+    return decision_dict(promote_run(run_id, cfg, project)) | {"run_id": run_id}
+
+
+def _run_link(uri: str, run_id: str) -> str:
+    if uri.startswith("http"):
+        import mlflow
+
+        experiment = mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
+        return f"[{run_id}]({uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id})"
+    return f"`{run_id}` (store `{uri}`)"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(summary["metrics"].items()))
+    decision = summary["promotion"]
+    verdict = "**promoted to champion**" if decision["promote"] else "not promoted"
+    return (
+        f"# retrain: {summary['dataset']}\n\n"
+        f"- data version: `{summary['data_version']}`\n"
+        f"- MLflow run: {summary['run_link']}"
+        + (" (training skipped: already trained)" if summary["skipped"] else "")
+        + f"\n- model: `{decision['name']}` version {decision['version']}: {verdict}\n"
+        f"- reason: {decision['reason']}\n\n| metric | value |\n|---|---:|\n{metrics}\n"
+    )
+
+
+@flow(name="retrain", log_prints=True, persist_result=True)
+def retrain(
+    config_path: str = str(DEFAULT_PARAMS),
+    overrides: list[str] | None = None,
+    force: bool = False,
+    run_name: str | None = None,
+    project: str | None = None,
+) -> dict[str, Any]:
+    """Version the data, train with Ray Train (skipped if this data and config already trained), evaluate,
+    promote; publish a summary artifact."""
+    root = Path(project or Path.cwd()).resolve()
+    cfg = load_config(
+        root / config_path if not Path(config_path).is_absolute() else Path(config_path), overrides
+    )
+    data = version_data_task(cfg, root)
+    uri = reach_mlflow_task(cfg, root)
+    trained = train_task(cfg, root, data, force, run_name)
+    evaluation = evaluate_task(cfg, root, trained["run_id"])
+    promotion = promote_task(cfg, root, trained["run_id"])
+    summary = {
+        **data,
+        "run_id": trained["run_id"],
+        "skipped": trained["skipped"],
+        "metrics": evaluation["metrics"],
+        "promotion": promotion,
+        "run_link": _run_link(uri, trained["run_id"]),
+    }
+    create_markdown_artifact(summary_markdown(summary), key="retrain-summary", description="retrain result")
+    print(f"{promotion['name']} v{promotion['version']}: {promotion['reason']}")
+    return summary
+
+
+def sweep_configs(grid: dict[str, list[Any]]) -> list[list[str]]:
+    """The override lists of a grid search: `{"train.lr_g": [1e-4, 3e-4]}` -> [["train.lr_g=0.0001"], ...]."""
+    combos: list[list[str]] = [[]]
+    for key, values in grid.items():
+        if not values:
+            raise GanOpsError(f"sweep grid key {key!r} has no values")
+        combos = [c + [f"{key}={json.dumps(v)}"] for c in combos for v in values]
+    return combos
+
+
+@flow(name="sweep", log_prints=True, persist_result=True)
+def sweep(
+    grid: dict[str, list[Any]],
+    config_path: str = str(DEFAULT_PARAMS),
+    overrides: list[str] | None = None,
+    project: str | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate every config of `grid` (each a Ray Train run), then offer the best for promotion."""
+    root = Path(project or Path.cwd()).resolve()
+    base = list(overrides or [])
+    configs = [
+        load_config(root / config_path, base + extra) for extra in sweep_configs(grid)
+    ]  # all validated first
+    data = version_data_task(configs[0], root)
+    reach_mlflow_task(configs[0], root)
+    results = []
+    for cfg, extra in zip(configs, sweep_configs(grid), strict=True):
+        trained = train_task(cfg, root, data, False, None)
+        evaluation = evaluate_task(cfg, root, trained["run_id"])
+        results.append({"overrides": extra, "run_id": trained["run_id"], "metrics": evaluation["metrics"]})
+    policy = configs[0].promotion
+    best = max(
+        results,
+        key=lambda r: (
+            r["metrics"].get(policy.primary_metric, float("-inf")),
+            -r["metrics"][policy.fd_metric],
+        ),
+    )
+    promotion = promote_task(configs[0], root, best["run_id"])
+    table = "\n".join(
+        f"| {' '.join(r['overrides'])} | `{r['run_id']}` | "
+        + ", ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items()) if "_class_" not in k)
+        + " |"
+        for r in results
+    )
+    create_markdown_artifact(
+        f"# sweep\n\n| config | run | metrics |\n|---|---|---|\n{table}\n\nbest: `{best['run_id']}`; "
+        f"{promotion['name']} v{promotion['version']}: {promotion['reason']}\n",
+        key="sweep-summary",
+    )
+    return {"runs": results, "best": best, "promotion": promotion}
