@@ -30,6 +30,14 @@ SetOpt = Annotated[
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the resolved config and exit")]
 
 
+def _prefect_defaults() -> None:
+    """Without $PREFECT_API_URL Prefect starts a temporary server; give it time on a busy small machine."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
 def _config(config: Path, overrides: list[str] | None, dry_run: bool) -> Config:
     cfg = load_config(config, overrides or [])
     if dry_run:
@@ -145,7 +153,8 @@ def train_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    run: Annotated[str, typer.Option("--run", help="the MLflow run id of a finished training")],
+    run: Annotated[str | None, typer.Option("--run", help="the MLflow run id of a finished training")] = None,
+    run_name: Annotated[str | None, typer.Option(help="or the training's run name (its latest run)")] = None,
     report: Annotated[
         Path | None, typer.Option(help="JSON report (default: runs/<run name>/evaluation.json)")
     ] = None,
@@ -158,6 +167,7 @@ def evaluate_cmd(
     from pipelines.progress import StageBars
 
     cfg = _config(config, overrides, dry_run)
+    run = _run_id(cfg, run, run_name)
     with StageBars() as bars:
         result = evaluate_run(run, cfg, report=report, progress=bars)
     for key, value in sorted(result.evaluation.metrics.items()):
@@ -170,22 +180,47 @@ def promote_cmd(
     run: Annotated[
         str | None, typer.Option("--run", help="an evaluated run: register it, apply the policy")
     ] = None,
+    run_name: Annotated[str | None, typer.Option(help="or the training's run name (its latest run)")] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="a registered model, to promote by hand")
     ] = None,
     version: Annotated[str | None, typer.Option("--version", help="its version (with --model)")] = None,
+    record: Annotated[Path | None, typer.Option(help="also write the decision to this JSON file")] = None,
     config: ConfigOpt = DEFAULT_PARAMS,
     overrides: SetOpt = None,
 ) -> None:
     """Register an evaluated run and apply the promotion policy, or promote a version by hand."""
-    from pipelines.promotion import promote_run, promote_version
+    from pipelines.evaluate import write_json
+    from pipelines.promotion import decision_dict, promote_run, promote_version
 
     cfg = _config(config, overrides, dry_run=False)
-    if (run is None) == (model is None) or (model is not None and version is None):
-        raise GanOpsError("give either --run RUN_ID, or --model NAME --version N")
-    result = promote_run(run, cfg) if run else promote_version(model, version, cfg)  # type: ignore[arg-type]
+    if model is not None:
+        if version is None or run or run_name:
+            raise GanOpsError("give either --run RUN_ID (or --run-name NAME), or --model NAME --version N")
+        result = promote_version(model, version, cfg)
+    else:
+        result = promote_run(_run_id(cfg, run, run_name), cfg)
+    if record is not None:
+        write_json(record, decision_dict(result))
     verdict = "promoted to champion" if result.decision.promote else "not promoted"
     typer.echo(f"{result.name} version {result.version}: {verdict}: {result.decision.reason}")
+
+
+def _run_id(cfg: Config, run: str | None, run_name: str | None) -> str:
+    """The run id given, or the latest run of the given name."""
+    from pipelines.tracking import find_run, resolve_target
+
+    if (run is None) == (run_name is None):
+        raise GanOpsError("give exactly one of --run RUN_ID and --run-name NAME")
+    if run is not None:
+        return run
+    target = resolve_target(cfg.tracking)
+    found = find_run(target, run_name)  # type: ignore[arg-type]
+    if found is None:
+        raise GanOpsError(
+            f"no MLflow run named {run_name!r} in experiment {target.experiment!r} at {target.uri}"
+        )
+    return found
 
 
 @app.command("rollback")
@@ -276,6 +311,7 @@ def retrain_cmd(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Run the retrain flow once: version data -> train (Ray) -> evaluate -> promote. No server needed."""
+    _prefect_defaults()
     from pipelines.flows import retrain
 
     cfg = _config(config, overrides, dry_run)  # validated before Prefect starts
@@ -297,6 +333,7 @@ def sweep_cmd(
     overrides: SetOpt = None,
 ) -> None:
     """Train and evaluate a grid of configs (each a Ray Train run); promote the best by the policy."""
+    _prefect_defaults()
     import yaml
 
     from pipelines.flows import sweep
@@ -346,6 +383,11 @@ def schedule_cmd(
 
 def main() -> None:
     """Entry point: user errors print one clear message and exit 2, without a traceback."""
+    import os
+
+    # Under `uv run`, Ray would rebuild this project's environment for every worker (its uv hook): the
+    # workers use the interpreter and packages the cluster already has, like the driver.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         app()
     except GanOpsError as e:

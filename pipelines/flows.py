@@ -34,7 +34,29 @@ from pipelines.tracking import (
     training_key,
 )
 
-TRANSIENT = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2)}
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry what may pass on a second try: anything but a user error, except an unreachable service."""
+    from pipelines.tracking import TrackingError
+    from pipelines.versioning import VersioningError
+
+    try:
+        state.result()
+    except (TrackingError, VersioningError):
+        return True
+    except GanOpsError:
+        return False  # a bad config, missing data, an unknown run: the same next time
+    except Exception:
+        return True
+    return False
+
+
+# Steps that reach MLflow or a DVC remote: 3 retries, 5 s, 10 s, 20 s apart.
+TRANSIENT = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+    "retry_condition_fn": _transient,
+}
 
 
 class TrainingTimeout(GanOpsError):
@@ -165,8 +187,10 @@ def train_task(
 @task(name="evaluate", **TRANSIENT)
 def evaluate_task(cfg: Config, project: Path, run_id: str) -> dict[str, Any]:
     from pipelines.evaluate import evaluate_run
+    from pipelines.progress import StageBars
 
-    result = evaluate_run(run_id, cfg, project=project)
+    with StageBars() as bars:
+        result = evaluate_run(run_id, cfg, project=project, progress=bars)
     return {"metrics": result.evaluation.metrics, "report": str(result.report)}
 
 

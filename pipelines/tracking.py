@@ -95,8 +95,8 @@ def ensure_experiment(target: TrackingTarget) -> str:
     return experiment.experiment_id
 
 
-def find_run(target: TrackingTarget, run_name: str) -> str | None:
-    """The id of the latest run tagged with `run_name`, if any."""
+def find_run(target: TrackingTarget, run_name: str, unfinished: bool = False) -> str | None:
+    """The id of the latest run tagged with `run_name` (with `unfinished`: only if it did not finish)."""
     import mlflow
 
     client = mlflow.MlflowClient(target.uri)
@@ -109,7 +109,9 @@ def find_run(target: TrackingTarget, run_name: str) -> str | None:
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )
-    return runs[0].info.run_id if runs else None
+    if not runs or (unfinished and runs[0].info.status == "FINISHED"):
+        return None
+    return runs[0].info.run_id
 
 
 def source_tags(dataset: PreparedDataset, repo: Path) -> dict[str, str]:
@@ -187,7 +189,9 @@ class RunTracker:
 
         mlflow.set_tracking_uri(target.uri)
         experiment_id = ensure_experiment(target)
-        run_id = run_id or find_run(target, run_name)
+        # Without a checkpoint's run id, continue a run of this name only if it never finished (a crash
+        # before the first checkpoint); a finished one stays as it is and a new run starts.
+        run_id = run_id or find_run(target, run_name, unfinished=True)
         client = mlflow.MlflowClient(target.uri)
         params = flatten(cfg.to_dict())
         if run_id is None:

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# As `ganops` does: Ray workers use this interpreter, not an environment Ray's uv hook rebuilds.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GANOPS_SHARED_DATASETS", PROJECT.parent / "shared" / "datasets"))
 GANOPS = [sys.executable, "-m", "pipelines"]

@@ -169,7 +169,7 @@ def evaluate(
 
     # Domain metric: features of the fixed evaluation classifier.
     extractors: list[tuple[str, FeatureExtractor]] = [
-        ("domain", load_or_train(dataset, cache_root=cache_root, device=device))
+        ("domain", load_or_train(dataset, cache_root=cache_root, device=device, progress=progress))
     ]
     info["domain_extractor_test_accuracy"] = f"{extractors[0][1].test_accuracy:.4f}"
     if inception:

@@ -1,0 +1,251 @@
+"""The Prefect flows against real services: a `prefect server` process, an `mlflow server` over HTTP, a
+two-node Ray cluster on loopback (`ray.cluster_utils.Cluster`), and real DVC in a temporary git repo.
+
+The project is a temporary git + DVC repo; the flow prepares a small synthetic-svhn itself, versions it,
+trains 2 Ray workers (one per node), evaluates with the domain metric and promotes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+import ray
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from pipelines.flows import retrain
+from pipelines.registry import CHAMPION, Registry
+from tests.conftest import PROJECT, run
+from tests.services import mlflow_server, prefect_server, start_mlflow, stop
+
+GENERATOR = "synthetic-svhn-ssgan-generator"
+TINY = [
+    "data.synthetic.train_size=300",
+    "data.synthetic.test_size=250",
+    "data.synthetic.workers=1",
+    "data.labels_per_class=5",
+    "model.g_features=8",
+    "model.d_features=8",
+    "model.latent_dim=16",
+    "train.batch_size=25",
+    "train.epochs=1",
+    "train.device=cpu",
+    "ray.num_workers=2",
+    "evaluate.num_real=200",
+    "evaluate.num_generated=200",
+    "evaluate.kid_subsets=10",
+    "evaluate.kid_subset_size=100",
+    "evaluate.inception_fid=false",
+]
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A Prefect server, an MLflow server and a 2-node Ray cluster (1 CPU each), for the whole module."""
+    from ray.cluster_utils import Cluster
+
+    root = tmp_path_factory.mktemp("services")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        with prefect_server(root / "prefect") as prefect_url, mlflow_server(root / "mlflow") as mlflow_url:
+            yield {"prefect": prefect_url, "mlflow": mlflow_url, "ray": cluster.address, "root": str(root)}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A git + DVC project holding this project's params.yaml and DVC config (remote: $GANOPS_DVC_REMOTE)."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    run(["git", "init", "-q", "-b", "main"], repo)
+    run([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    shutil.copy(PROJECT / ".dvc" / "config", repo / ".dvc" / "config")
+    shutil.copy(PROJECT / "params.yaml", repo / "params.yaml")
+    (repo / ".gitignore").write_text("/data\n/runs\n")
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "init"], repo)
+    return repo
+
+
+def overrides(services: dict[str, str], experiment: str, *extra: str) -> list[str]:
+    return [
+        *TINY,
+        f"tracking.uri={services['mlflow']}",
+        f"tracking.experiment={experiment}",
+        f"ray.address={services['ray']}",
+        f"promotion.lock_dir={services['root']}/locks",
+        *extra,
+    ]
+
+
+def artifact_markdown(api: str, key: str) -> str:
+    async def read() -> str:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            )
+            return max(found, key=lambda a: a.created).data
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        return asyncio.run(read())
+
+
+def test_retrain_promotes_a_champion_and_skips_unchanged_training(
+    services: dict[str, str], project: Path
+) -> None:
+    with temporary_settings({PREFECT_API_URL: services["prefect"]}):
+        first = retrain(overrides=overrides(services, "e2e"), project=str(project))
+        second = retrain(overrides=overrides(services, "e2e"), project=str(project))
+
+    # Data versioned with DVC in the project; the run records that version.
+    assert (project / "data.dvc").exists() and first["data_version"].endswith(".dir")
+    client = mlflow.MlflowClient(services["mlflow"])
+    trained = client.get_run(first["run_id"])
+    assert trained.info.status == "FINISHED" and trained.data.tags["data_version"] == first["data_version"]
+    assert "test_accuracy" in trained.data.metrics and "domain_fd" in trained.data.metrics
+
+    # A champion exists, and the flow-run artifact names it.
+    champion = Registry(services["mlflow"]).by_alias(GENERATOR, CHAMPION)
+    assert champion is not None and champion.run_id == first["run_id"]
+    assert first["promotion"]["promote"] and first["promotion"]["name"] == GENERATOR
+
+    # Unchanged data and config: no new training, the same run; it does not replace itself.
+    assert second["skipped"] and second["run_id"] == first["run_id"]
+    assert not second["promotion"]["promote"] and "already the champion" in second["promotion"]["reason"]
+    experiment = client.get_experiment_by_name("e2e")
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    markdown = artifact_markdown(services["prefect"], "retrain-summary")
+    assert GENERATOR in markdown and "training skipped" in markdown and first["data_version"] in markdown
+
+
+def test_failure_inside_training_fails_the_flow_and_leaves_nothing_running(
+    services: dict[str, str], project: Path
+) -> None:
+    bad = overrides(services, "diverges", "train.lr_d=1e30", "train.lr_g=1e30", "ray.max_failures=0")
+    with temporary_settings({PREFECT_API_URL: services["prefect"]}):
+        state = retrain(overrides=bad, project=str(project), return_state=True)
+    assert state.is_failed()
+    client = mlflow.MlflowClient(services["mlflow"])
+    (failed,) = client.search_runs([client.get_experiment_by_name("diverges").experiment_id])
+    assert failed.info.status == "FAILED" and "diverged" in failed.data.tags["error"]
+    # No training job left on the cluster: every CPU is free again.
+    ray.init(address=services["ray"])
+    try:
+        deadline = time.monotonic() + 60
+        while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert ray.available_resources().get("CPU", 0) == 2
+    finally:
+        ray.shutdown()
+
+
+def test_schedule_creates_a_deployment_with_cron_and_parameters(
+    services: dict[str, str], project: Path
+) -> None:
+    env = {"PREFECT_API_URL": services["prefect"], "PATH": str(Path(sys.executable).parent)}
+    command = [
+        sys.executable, "-m", "pipelines", "schedule", "--cron", "0 3 * * 1", "--name", "weekly",
+        "--set", "train.epochs=3",
+    ]  # fmt: skip
+    server = subprocess.Popen(
+        command, cwd=project, env={**__import__("os").environ, **env}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+    async def deployment() -> object | None:
+        async with get_client() as client:
+            try:
+                return await client.read_deployment_by_name("retrain/weekly")
+            except Exception:
+                return None
+
+    try:
+        deadline = time.monotonic() + 120
+        found = None
+        with temporary_settings({PREFECT_API_URL: services["prefect"]}):
+            while found is None and time.monotonic() < deadline and server.poll() is None:
+                found = asyncio.run(deployment())
+                time.sleep(1)
+    finally:
+        stop(server)
+    assert found is not None, server.stdout.read().decode(errors="replace")[-3000:]
+    (schedule,) = found.schedules
+    assert schedule.schedule.cron == "0 3 * * 1" and schedule.active
+    assert found.parameters["overrides"] == ["train.epochs=3"]
+    assert found.parameters["project"] == str(project)
+
+
+@pytest.mark.slow
+def test_mlflow_restart_mid_flow_is_retried_and_the_flow_completes(
+    services: dict[str, str], project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dedicated MLflow server is stopped as training ends and restarted seconds later on the same port."""
+    from tests.services import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # let the flow's retries do the work
+    port = free_port()
+    server = start_mlflow(tmp_path / "mlflow", port)
+    url = f"http://127.0.0.1:{port}"
+    restarted: list[object] = []
+
+    def restart_when_trained() -> None:
+        client = mlflow.MlflowClient(url)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                experiment = client.get_experiment_by_name("restart")
+                runs = client.search_runs([experiment.experiment_id]) if experiment else []
+                if runs and runs[0].info.status == "FINISHED":
+                    break
+            except Exception:
+                pass
+            time.sleep(0.5)
+        stop(server)
+        time.sleep(5)
+        restarted.append(start_mlflow(tmp_path / "mlflow", port))
+
+    watcher = threading.Thread(target=restart_when_trained, daemon=True)
+    watcher.start()
+    try:
+        cfg = [*overrides(services, "restart"), f"tracking.uri={url}"]
+        with temporary_settings({PREFECT_API_URL: services["prefect"]}):
+            summary = retrain(overrides=cfg, project=str(project))
+        watcher.join(60)
+        assert restarted, "the server was never restarted"
+        assert summary["promotion"]["name"] == GENERATOR and "domain_fd" in summary["metrics"]
+    finally:
+        for process in [server, *restarted]:
+            stop(process)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_same_pipeline_without_prefect(services: dict[str, str], project: Path) -> None:
+    from gan_models.config import load_config
+
+    shutil.copy(PROJECT / "dvc.yaml", project / "dvc.yaml")
+    cfg = load_config(project / "params.yaml", overrides(services, "dvc"))
+    (project / "params.yaml").write_text(cfg.to_yaml())
+    run([sys.executable, "-m", "dvc", "repro"], project)
+
+    lock = (project / "dvc.lock").read_text()
+    assert all(f"  {stage}:" in lock for stage in ("prepare", "train", "evaluate", "promote"))
+    promotion = json.loads((project / "outputs" / "promotion.json").read_text())
+    champion = Registry(services["mlflow"]).by_alias(promotion["name"], CHAMPION)
+    assert champion is not None and champion.version == promotion["version"]
+    # Nothing changed: a second repro runs no stage.
+    assert "didn't change, skipping" in run([sys.executable, "-m", "dvc", "repro"], project).stdout
