@@ -49,11 +49,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def start_mlflow(root: Path, port: int) -> subprocess.Popen[bytes]:
-    """`mlflow server` on a SQLite store in `root`, serving artifacts from `root/artifacts`."""
+    """`mlflow server` on a SQLite store in `root`, serving artifacts from `root/artifacts`.
+
+    Two workers: registering a logged model makes the server call its own API.
+    """
     command = [
         sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
+        "--artifacts-destination", str(root / "artifacts"), "--workers", "2",
     ]  # fmt: skip
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True

@@ -122,7 +122,7 @@ def evaluate(
     progress: Progress | None = None,
 ) -> Evaluation:
     """Measure the classifier on `cfg.split` and the generator's images against real ones."""
-    from gan_models.metrics.domain import load_or_train
+    from gan_models.metrics.domain import ClassifierSpec, load_or_train
     from gan_models.metrics.feature_cache import dataset_version, real_features
 
     device = device or torch.device("cpu")
@@ -169,7 +169,16 @@ def evaluate(
 
     # Domain metric: features of the fixed evaluation classifier.
     extractors: list[tuple[str, FeatureExtractor]] = [
-        ("domain", load_or_train(dataset, cache_root=cache_root, device=device, progress=progress))
+        (
+            "domain",
+            load_or_train(
+                dataset,
+                spec=ClassifierSpec(steps=cfg.domain_classifier_steps),
+                cache_root=cache_root,
+                device=device,
+                progress=progress,
+            ),
+        )
     ]
     info["domain_extractor_test_accuracy"] = f"{extractors[0][1].test_accuracy:.4f}"
     if inception:

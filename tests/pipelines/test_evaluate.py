@@ -68,6 +68,7 @@ def config(project: Path, *overrides: str) -> Config:
         "evaluate.num_generated=200",
         "evaluate.kid_subsets=10",
         "evaluate.kid_subset_size=100",
+        "evaluate.domain_classifier_steps=100",
         "evaluate.inception_fid=false",
         f"promotion.lock_dir={project / 'locks'}",
         *overrides,

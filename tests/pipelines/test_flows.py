@@ -45,6 +45,7 @@ TINY = [
     "evaluate.num_generated=200",
     "evaluate.kid_subsets=10",
     "evaluate.kid_subset_size=100",
+    "evaluate.domain_classifier_steps=100",
     "evaluate.inception_fid=false",
 ]
 
@@ -249,3 +250,32 @@ def test_dvc_repro_runs_the_same_pipeline_without_prefect(services: dict[str, st
     assert champion is not None and champion.version == promotion["version"]
     # Nothing changed: a second repro runs no stage.
     assert "didn't change, skipping" in run([sys.executable, "-m", "dvc", "repro"], project).stdout
+
+
+@pytest.mark.slow
+def test_sweep_trains_every_config_and_offers_the_best(services: dict[str, str], project: Path) -> None:
+    from pipelines.flows import sweep
+
+    with temporary_settings({PREFECT_API_URL: services["prefect"]}):
+        result = sweep(
+            {"train.lr_g": [1e-4, 3e-4]}, overrides=overrides(services, "sweep"), project=str(project)
+        )
+    assert [r["overrides"] for r in result["runs"]] == [["train.lr_g=0.0001"], ["train.lr_g=0.0003"]]
+    assert len({r["run_id"] for r in result["runs"]}) == 2
+    best = max(result["runs"], key=lambda r: (r["metrics"]["test_accuracy"], -r["metrics"]["domain_fd"]))
+    assert result["best"]["run_id"] == best["run_id"] and result["promotion"]["run_id"] == best["run_id"]
+
+
+@pytest.mark.slow
+def test_training_past_its_timeout_is_stopped_and_its_run_failed(
+    services: dict[str, str], project: Path
+) -> None:
+    slow = overrides(services, "timeout", "train.epochs=500", "flow.train_timeout_s=120")
+    with temporary_settings({PREFECT_API_URL: services["prefect"]}):
+        state = retrain(overrides=slow, project=str(project), return_state=True)
+    assert state.is_failed() and "train_timeout_s" in str(state.message) + repr(
+        state.result(raise_on_failure=False)
+    )
+    client = mlflow.MlflowClient(services["mlflow"])
+    runs = client.search_runs([client.get_experiment_by_name("timeout").experiment_id])
+    assert runs and all(r.info.status == "FAILED" for r in runs)
