@@ -25,9 +25,8 @@ import torch
 from gan_models.config import EvaluateConfig
 from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import GanOpsError
+from gan_models.metrics.distribution import distribution_metrics
 from gan_models.metrics.features import FeatureExtractor
-from gan_models.metrics.frechet import FeatureStats, stats_distance
-from gan_models.metrics.kid import kernel_inception_distance
 
 # Bump when a change alters the numbers, so old and new evaluations are never compared.
 EVAL_VERSION = "1"
@@ -46,7 +45,7 @@ class Evaluation:
     @property
     def signature(self) -> str:
         """A hash of everything that must match for two evaluations to be compared."""
-        keys = sorted(k for k in self.info if k not in _NOT_IN_SIGNATURE)
+        keys = sorted(k for k in self.info if k not in _NOT_IN_SIGNATURE and not k.startswith("inception_"))
         blob = json.dumps({k: self.info[k] for k in keys}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -59,9 +58,9 @@ class Evaluation:
         }
 
 
-# Not part of the signature: where it ran, and the optional Inception FID (the policy checks that the
-# metric it compares exists on both sides).
-_NOT_IN_SIGNATURE = {"device", "domain_extractor_test_accuracy", "inception_extractor"}
+# Not part of the signature: where it ran, the optional Inception FID (the policy checks that the metric
+# it compares exists on both sides), and what the evaluation classifier's accuracy was.
+_NOT_IN_SIGNATURE = {"device", "domain_extractor_test_accuracy"}
 
 
 def nchw(images_nhwc: np.ndarray) -> np.ndarray:
@@ -90,24 +89,6 @@ def classifier_metrics(
         if (labels == c).any()
     }
     return {"test_accuracy": float(correct.mean())}, per_class
-
-
-def distribution_metrics(
-    prefix: str, real: np.ndarray, fake: np.ndarray, cfg: EvaluateConfig, with_kid: bool = True
-) -> dict[str, float]:
-    """Fréchet distance (and KID) between real and generated features."""
-    fd = stats_distance(
-        FeatureStats.from_features(real, f"{prefix} features of {len(real)} real images"),
-        FeatureStats.from_features(fake, f"{prefix} features of {len(fake)} generated images"),
-    )
-    metrics = {f"{prefix}_fd" if prefix != "inception" else "inception_fid": fd}
-    if with_kid:
-        size = min(cfg.kid_subset_size, len(real), len(fake))
-        mean, std = kernel_inception_distance(
-            real, fake, subsets=cfg.kid_subsets, subset_size=size, seed=cfg.seed
-        )
-        metrics |= {f"{prefix}_kid": mean, f"{prefix}_kid_std": std}
-    return metrics
 
 
 def evaluate(
@@ -180,11 +161,11 @@ def evaluate(
             ),
         )
     ]
-    info["domain_extractor_test_accuracy"] = f"{extractors[0][1].test_accuracy:.4f}"
+    info["domain_extractor_test_accuracy"] = f"{extractors[0][1].test_accuracy:.4f}"  # type: ignore[attr-defined]
     if inception:
         from gan_models.metrics.inception import InceptionFeatures
 
-        extractors.append(("inception", InceptionFeatures(device=device)))
+        extractors.append(("inception", InceptionFeatures(cfg.inception_weights, device=device)))
     for prefix, extractor in extractors:
         step(f"{prefix} features", 0, 2)
         real = real_features(
@@ -193,8 +174,17 @@ def evaluate(
         step(f"{prefix} features", 1, 2)
         generated = extractor.features(fake, batch_size=cfg.batch_size)
         step(f"{prefix} features", 2, 2)
-        metrics |= distribution_metrics(prefix, real, generated, cfg, with_kid=prefix == "domain")
-        info[f"{prefix}_extractor"] = f"{extractor.name}:{extractor.extractor_id}"
-    info["fd_implementation"] = "gan_models.metrics.frechet (pytorch-fid formula, eigh square root)"
-    info["kid_implementation"] = "gan_models.metrics.kid (cubic polynomial kernel, unbiased MMD^2)"
+        result = distribution_metrics(
+            real,
+            generated,
+            extractor,
+            prefix=prefix,
+            kid_subsets=cfg.kid_subsets,
+            kid_subset_size=cfg.kid_subset_size,
+            seed=cfg.seed,
+        )
+        metrics |= result.metrics
+        info |= {k: str(v) for k, v in result.metadata.items()}
+    if "inception_fd" in metrics:
+        metrics["inception_fid"] = metrics.pop("inception_fd")  # the name everyone knows it by
     return Evaluation(metrics, info, per_class)
