@@ -124,7 +124,8 @@ def source_tags(dataset: PreparedDataset, repo: Path) -> dict[str, str]:
             version = data_version(repo)
         except VersioningError:
             pass
-    commit = _git(repo, "rev-parse", "HEAD") or "unknown"
+    # A container image has no .git: its build records the commit in $GANOPS_GIT_COMMIT.
+    commit = _git(repo, "rev-parse", "HEAD") or os.environ.get("GANOPS_GIT_COMMIT") or "unknown"
     dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))
     return {
         "data_version": version,

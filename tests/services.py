@@ -20,7 +20,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 180) -> None:
+def spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a server in its own process group, its output to `log`.
+
+    A file, not a pipe: nobody reads a pipe while the test runs, and a server blocks once it is full.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 180) -> None:
     """Poll `url` until it answers 200; fail with the process's output if it dies or never answers."""
     deadline = time.monotonic() + timeout
     while True:
@@ -32,7 +44,7 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 180) 
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             stop(process)
-            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            output = log.read_text(errors="replace") if log.exists() else ""
             raise AssertionError(f"{url} did not come up (exit {process.returncode}):\n{output[-4000:]}")
         time.sleep(0.5)
 
@@ -58,10 +70,11 @@ def start_mlflow(root: Path, port: int) -> subprocess.Popen[bytes]:
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination", str(root / "artifacts"), "--workers", "2",
     ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    wait_http(f"http://127.0.0.1:{port}/health", process)
+    # No job runner: a second process on the same SQLite file (for MLflow's GenAI jobs, unused here).
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = root / "server.log"
+    process = spawn(command, log, env)
+    wait_http(f"http://127.0.0.1:{port}/health", process, log)
     return process
 
 
@@ -82,11 +95,10 @@ def prefect_server(home: Path) -> Iterator[str]:
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    log = home / "server.log"
+    process = spawn(command, log, env)
     try:
-        wait_http(f"http://127.0.0.1:{port}/api/health", process)
+        wait_http(f"http://127.0.0.1:{port}/api/health", process, log)
         yield f"http://127.0.0.1:{port}/api"
     finally:
         stop(process)
