@@ -22,7 +22,8 @@ test: install
 	GANOPS_SHARED_DATASETS=$(SHARED) $(UV) run pytest
 
 test-slow: install
-	GANOPS_SHARED_DATASETS=$(SHARED) $(UV) run pytest -m slow
+	$(UV) sync --frozen --extra postgres   # the PostgreSQL path of infra/ (runs where PostgreSQL is installed)
+	GANOPS_SHARED_DATASETS=$(SHARED) $(UV) run --extra postgres pytest -m slow
 
 bench: install
 	GANOPS_SOURCE_ROOT=$(SHARED) $(UV) run python benchmarks/prepare_data.py
