@@ -115,13 +115,11 @@ def finished_run(target: TrackingTarget, key: str, manifest_sha256: str) -> str 
     return runs[0].info.run_id if runs else None
 
 
-def train_job(cfg: Config, project: Path, run_name: str, timeout_s: float | None) -> str:
-    """Run `ganops train` (Ray Train) in a child process; return the MLflow run id.
+def train_job(cfg: Config, project: Path, run_name: str, timeout_s: float | None) -> None:
+    """Run `ganops train` (Ray Train) in a child process, as MLflow run `run_name`.
 
     On timeout the child's whole process group is killed: the Ray driver goes, so does its job.
     """
-    from pipelines.tracking import find_run
-
     target = resolve_target(cfg.tracking, project)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="ganops-", delete=False) as f:
         f.write(cfg.to_yaml())
@@ -143,10 +141,6 @@ def train_job(cfg: Config, project: Path, run_name: str, timeout_s: float | None
         os.unlink(f.name)
     if code != 0:
         raise GanOpsError(f"training {run_name} failed (`ganops train` exited {code}); see its log above")
-    run_id = find_run(target, run_name)
-    if run_id is None:
-        raise GanOpsError(f"training {run_name} finished but left no MLflow run in {target.uri}")
-    return run_id
 
 
 # Prefect tasks: thin wrappers.
@@ -169,19 +163,41 @@ def reach_mlflow_task(cfg: Config, project: Path) -> str:
     return target.uri
 
 
+@task(name="previous-training", **TRANSIENT)
+def previous_training_task(cfg: Config, project: Path, manifest_sha256: str) -> str | None:
+    return finished_run(resolve_target(cfg.tracking, project), training_key(cfg), manifest_sha256)
+
+
 @task(name="train")
-def train_task(
-    cfg: Config, project: Path, data: dict[str, str], force: bool, run_name: str | None
-) -> dict[str, Any]:
-    target = resolve_target(cfg.tracking, project)
+def train_task(cfg: Config, project: Path, data: dict[str, str], force: bool, run_name: str | None) -> str:
     key = training_key(cfg)
-    existing = None if force else finished_run(target, key, data["manifest"])
-    if existing is not None:
-        return {"run_id": existing, "skipped": True}
     name = run_name or f"{cfg.data.dataset}-{cfg.model.name}-{key[:8]}-{data['manifest'][:8]}"
     if force and run_name is None:
         name += f"-{os.urandom(3).hex()}"  # a forced retrain is a new run, not a resume of the old one
-    return {"run_id": train_job(cfg, project, name, cfg.flow.train_timeout_s), "skipped": False, "name": name}
+    train_job(cfg, project, name, cfg.flow.train_timeout_s)
+    return name
+
+
+@task(name="find-run", **TRANSIENT)
+def run_id_task(cfg: Config, project: Path, run_name: str) -> str:
+    from pipelines.tracking import find_run
+
+    target = resolve_target(cfg.tracking, project)
+    run_id = find_run(target, run_name)
+    if run_id is None:
+        raise GanOpsError(f"training {run_name} finished but left no MLflow run in {target.uri}")
+    return run_id
+
+
+def train_or_reuse(
+    cfg: Config, project: Path, data: dict[str, str], force: bool, run_name: str | None
+) -> dict[str, Any]:
+    """Inside a flow: the finished run of this data and training config, else a new training's run."""
+    existing = None if force else previous_training_task(cfg, project, data["manifest"])
+    if existing is not None:
+        return {"run_id": existing, "skipped": True}
+    name = train_task(cfg, project, data, force, run_name)
+    return {"run_id": run_id_task(cfg, project, name), "skipped": False, "name": name}
 
 
 @task(name="evaluate", **TRANSIENT)
@@ -240,7 +256,7 @@ def retrain(
     )
     data = version_data_task(cfg, root)
     uri = reach_mlflow_task(cfg, root)
-    trained = train_task(cfg, root, data, force, run_name)
+    trained = train_or_reuse(cfg, root, data, force, run_name)
     evaluation = evaluate_task(cfg, root, trained["run_id"])
     promotion = promote_task(cfg, root, trained["run_id"])
     summary = {
@@ -283,7 +299,7 @@ def sweep(
     reach_mlflow_task(configs[0], root)
     results = []
     for cfg, extra in zip(configs, sweep_configs(grid), strict=True):
-        trained = train_task(cfg, root, data, False, None)
+        trained = train_or_reuse(cfg, root, data, False, None)
         evaluation = evaluate_task(cfg, root, trained["run_id"])
         results.append({"overrides": extra, "run_id": trained["run_id"], "metrics": evaluation["metrics"]})
     policy = configs[0].promotion

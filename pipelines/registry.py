@@ -136,6 +136,8 @@ class Registry:
             return existing[-1]
         with contextlib.suppress(Exception):  # already exists: fine
             self.client.create_registered_model(name)
+        # `models:/<id>` resolves through the tracking store, so both URIs must point at this store.
+        mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         mv = mlflow.register_model(model_uri, name, tags={**tags, "model_uri": model_uri})
         return Version.of(self.client.get_model_version(name, mv.version))

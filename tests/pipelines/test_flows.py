@@ -239,6 +239,8 @@ def test_dvc_repro_runs_the_same_pipeline_without_prefect(services: dict[str, st
     from gan_models.config import load_config
 
     shutil.copy(PROJECT / "dvc.yaml", project / "dvc.yaml")
+    for code in ("gan_models", "pipelines"):  # the stages' code dependencies
+        shutil.copytree(PROJECT / code, project / code, ignore=shutil.ignore_patterns("__pycache__"))
     cfg = load_config(project / "params.yaml", overrides(services, "dvc"))
     (project / "params.yaml").write_text(cfg.to_yaml())
     run([sys.executable, "-m", "dvc", "repro"], project)
