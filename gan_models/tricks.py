@@ -86,7 +86,12 @@ class EMA:
         model.load_state_dict(self.shadow)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "warmup": self.warmup, "updates": self.updates, "shadow": dict(self.shadow)}
+        return {
+            "decay": self.decay,
+            "warmup": self.warmup,
+            "updates": self.updates,
+            "shadow": dict(self.shadow),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decay = float(state["decay"])

@@ -100,7 +100,9 @@ def test_evaluate_records_accuracy_fd_and_kid_on_the_run_and_in_a_report(project
     assert run.data.metrics["test_accuracy_class_3"] == pytest.approx(result.evaluation.per_class["3"])
     tags = run.data.tags
     assert tags["eval.num_real"] == "200" and tags["eval.num_generated"] == "200"
-    assert tags["eval.domain_extractor"] == "domain-classifier" and len(tags["eval.domain_extractor_id"]) == 16
+    assert (
+        tags["eval.domain_extractor"] == "domain-classifier" and len(tags["eval.domain_extractor_id"]) == 16
+    )
     assert tags["eval.domain_implementation"].startswith("ganops-fd-eigh+kid")
     assert tags["eval.domain_n_real"] == "200" and tags["eval.domain_n_fake"] == "200"
     report = json.loads(result.report.read_text())

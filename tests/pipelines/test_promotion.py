@@ -141,7 +141,8 @@ def test_two_concurrent_promotions_never_let_the_worse_model_win(cfg: Config) ->
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(2)
     procs = [
-        context.Process(target=_promote_in_process, args=(cfg.to_dict(), name, v, barrier)) for v in (better, good)
+        context.Process(target=_promote_in_process, args=(cfg.to_dict(), name, v, barrier))
+        for v in (better, good)
     ]
     for p in procs:
         p.start()

@@ -176,7 +176,9 @@ def test_semi_supervised_loop_only_sees_the_labelled_split(mnist_like: PreparedD
 
 def test_bf16_autocast_and_channels_last_train_and_stay_finite(tmp_path: Path) -> None:
     ds = tiny_dataset(tmp_path / "data", (32, 32, 3))
-    cfg = tiny_config("model.name=ssgan", "train.epochs=1", "train.precision=bf16", "train.channels_last=true")
+    cfg = tiny_config(
+        "model.name=ssgan", "train.epochs=1", "train.precision=bf16", "train.channels_last=true"
+    )
     result = train(cfg, ds, out_dir=tmp_path / "run")
     assert all(torch.isfinite(torch.tensor(v)) for v in result.history[0].values())
     weights = result.models["discriminator"].state_dict().values()
