@@ -67,18 +67,13 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A git + DVC project holding this project's params.yaml and DVC config (remote: $GANOPS_DVC_REMOTE)."""
-    repo = tmp_path / "project"
-    repo.mkdir()
-    run(["git", "init", "-q", "-b", "main"], repo)
-    run([sys.executable, "-m", "dvc", "init", "-q"], repo)
-    shutil.copy(PROJECT / ".dvc" / "config", repo / ".dvc" / "config")
-    shutil.copy(PROJECT / "params.yaml", repo / "params.yaml")
-    (repo / ".gitignore").write_text("/data\n/runs\n")
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "init"], repo)
-    return repo
+def project(dvc_repo: Path) -> Path:
+    """A git + DVC project (tests/conftest.py) holding this project's params.yaml."""
+    shutil.copy(PROJECT / "params.yaml", dvc_repo / "params.yaml")
+    (dvc_repo / ".gitignore").write_text("/data\n/runs\n")
+    run(["git", "add", "-A"], dvc_repo)
+    run(["git", "commit", "-qm", "params"], dvc_repo)
+    return dvc_repo
 
 
 def overrides(services: dict[str, str], experiment: str, *extra: str) -> list[str]:
