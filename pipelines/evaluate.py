@@ -73,21 +73,19 @@ def run_config(run: Any) -> Config:
     try:
         text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/config.yaml")
         return Config.model_validate(yaml.safe_load(text))
-    except Exception:  # older runs: rebuild from the flattened params
+    except Exception:  # older runs: rebuild from the flattened params, then a resume's changed values
         tree: dict[str, Any] = {}
-        for key, value in run.data.params.items():
+        values = dict(run.data.params) | {
+            k.removeprefix("resumed_with."): v
+            for k, v in run.data.tags.items()
+            if k.startswith("resumed_with.")
+        }
+        for key, value in values.items():
             *parents, leaf = key.split(".")
             node = tree
             for part in parents:
                 node = node.setdefault(part, {})
-            node[leaf] = yaml.safe_load(value) if value != "None" else None
-        for key, value in run.data.tags.items():  # a resume with changed values
-            if key.startswith("resumed_with."):
-                *parents, leaf = key.removeprefix("resumed_with.").split(".")
-                node = tree
-                for part in parents:
-                    node = node.setdefault(part, {})
-                node[leaf] = yaml.safe_load(value) if value != "None" else None
+            node[leaf] = None if value == "None" else yaml.safe_load(value)
         return Config.model_validate(tree)
 
 

@@ -29,6 +29,7 @@ from pipelines.tracking import (
     TRAINING_KEY_TAG,
     TrackingTarget,
     ensure_experiment,
+    latest_run,
     mark_failed,
     resolve_target,
     training_key,
@@ -99,20 +100,13 @@ def _same_params(path: Path, data: Any) -> bool:
 
 def finished_run(target: TrackingTarget, key: str, manifest_sha256: str) -> str | None:
     """A finished run with this training key on these data bytes, if one exists."""
-    import mlflow
-
-    client = mlflow.MlflowClient(target.uri)
-    experiment = client.get_experiment_by_name(target.experiment)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
+    run = latest_run(
+        target,
         f"tags.`{TRAINING_KEY_TAG}` = '{key}' and tags.data_manifest_sha256 = '{manifest_sha256}' "
         "and attributes.status = 'FINISHED'",
-        max_results=1,
-        order_by=["attributes.end_time DESC"],
+        order_by="end_time",
     )
-    return runs[0].info.run_id if runs else None
+    return run.info.run_id if run else None
 
 
 def train_job(cfg: Config, project: Path, run_name: str, timeout_s: float | None) -> None:

@@ -95,8 +95,8 @@ def ensure_experiment(target: TrackingTarget) -> str:
     return experiment.experiment_id
 
 
-def find_run(target: TrackingTarget, run_name: str, unfinished: bool = False) -> str | None:
-    """The id of the latest run tagged with `run_name` (with `unfinished`: only if it did not finish)."""
+def latest_run(target: TrackingTarget, filter_string: str, order_by: str = "start_time") -> Any | None:
+    """The latest run of the target's experiment matching `filter_string` (by `order_by`), if any."""
     import mlflow
 
     client = mlflow.MlflowClient(target.uri)
@@ -104,14 +104,17 @@ def find_run(target: TrackingTarget, run_name: str, unfinished: bool = False) ->
     if experiment is None:
         return None
     runs = client.search_runs(
-        [experiment.experiment_id],
-        f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
-        max_results=1,
-        order_by=["attributes.start_time DESC"],
+        [experiment.experiment_id], filter_string, max_results=1, order_by=[f"attributes.{order_by} DESC"]
     )
-    if not runs or (unfinished and runs[0].info.status == "FINISHED"):
+    return runs[0] if runs else None
+
+
+def find_run(target: TrackingTarget, run_name: str, unfinished: bool = False) -> str | None:
+    """The id of the latest run tagged with `run_name` (with `unfinished`: only if it did not finish)."""
+    run = latest_run(target, f"tags.`{RUN_NAME_TAG}` = '{run_name}'")
+    if run is None or (unfinished and run.info.status == "FINISHED"):
         return None
-    return runs[0].info.run_id
+    return run.info.run_id
 
 
 def source_tags(dataset: PreparedDataset, repo: Path) -> dict[str, str]:

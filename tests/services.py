@@ -49,15 +49,30 @@ def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: fl
         time.sleep(0.5)
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs (an exited one waiting to be reaped does not count)."""
+    ps = subprocess.run(["ps", "-eo", "pgid=,stat="], capture_output=True, text=True, check=True)
+    return any(
+        int(g) == pgid and not stat.startswith("Z")
+        for g, stat in (line.split() for line in ps.stdout.splitlines())
+    )
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """Terminate the process group (servers fork workers), then kill what is left."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
+    """SIGTERM to the group (servers fork workers), SIGKILL to what is left after 20 s."""
+    pgid = process.pid
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + 20
+        while group_alive(pgid) and time.monotonic() < deadline:
+            process.poll()
+            time.sleep(0.2)
+        if not group_alive(pgid):
+            break
+    process.wait(10)
 
 
 def start_mlflow(root: Path, port: int) -> subprocess.Popen[bytes]:

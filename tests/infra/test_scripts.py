@@ -8,12 +8,10 @@ import importlib.util
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.services import free_port, spawn, stop, wait_http
 
 PROJECT = Path(__file__).resolve().parents[2]
 INFRA = PROJECT / "infra"
@@ -38,12 +38,6 @@ LEAKY = (
     "RAY_AUTH_TOKEN",
     "GANOPS_SERVICES_DIR",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def script_env(**extra: str) -> dict[str, str]:
@@ -64,57 +58,16 @@ class Service:
 
     def __init__(self, script: str, env: dict[str, str], log: Path, args: list[str] | None = None):
         self.log = log
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen(
-                [str(INFRA / script), *(args or [])],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = spawn([str(INFRA / script), *(args or [])], log, env)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
     def wait_http(self, url: str, timeout: float = 240) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=3) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{url} did not answer (exit {self.process.poll()}):\n{self.output()[-4000:]}"
-                )
-            time.sleep(0.5)
+        wait_http(url, self.process, self.log, timeout)
 
     def stop(self) -> None:
-        """SIGTERM to the group (servers fork workers), SIGKILL to what is left after 20 s."""
-        pgid = self.process.pid
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + 20
-            while group_alive(pgid) and time.monotonic() < deadline:
-                self.process.poll()
-                time.sleep(0.2)
-            if not group_alive(pgid):
-                break
-        self.process.wait(10)
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether a process of the group still runs (an exited one waiting to be reaped does not count)."""
-    ps = subprocess.run(["ps", "-eo", "pgid=,stat="], capture_output=True, text=True, check=True)
-    return any(
-        int(g) == pgid and not stat.startswith("Z")
-        for g, stat in (line.split() for line in ps.stdout.splitlines())
-    )
+        stop(self.process)
 
 
 @contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from pipelines.registry import CHAMPION, Registry
 from pipelines.sample import sample
 from pipelines.tracking import find_run, resolve_target
 from pipelines.train_local import train_local
+from tests.services import free_port
 from tests.training.conftest import tiny_config
 
 GENERATOR = "mnist-ssgan-generator"
@@ -127,12 +127,6 @@ def test_a_run_evaluated_against_another_dataset_version_is_refused(project: Pat
 def test_unknown_run_is_a_clear_error(project: Path) -> None:
     with pytest.raises(GanOpsError, match="no MLflow run 'feedbeef'"):
         evaluate_run("feedbeef", config(project), project=project)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_promoted_champion_samples_loads_and_serves(project: Path, run_id: str) -> None:
