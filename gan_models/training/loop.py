@@ -149,8 +149,11 @@ def train(
     g_side, d_side = split_modules(models)
     g_params = [p for m in g_side.values() for p in m.parameters()]
     d_params = [p for m in d_side.values() for p in m.parameters()]
-    opt_g = torch.optim.Adam(g_params, lr=tc.lr_g, betas=(tc.beta1, tc.beta2))
-    opt_d = torch.optim.Adam(d_params, lr=tc.lr_d, betas=(tc.beta1, tc.beta2))
+    # The fused kernel updates every parameter in one pass (CPU and CUDA); on the small MNIST nets the
+    # per-tensor loops of the default implementation cost about a tenth of a step.
+    adam = functools.partial(torch.optim.Adam, betas=(tc.beta1, tc.beta2), fused=True)
+    opt_g = adam(g_params, lr=tc.lr_g)
+    opt_d = adam(d_params, lr=tc.lr_d)
     main_nets = ("generator", "discriminator")
     ema = {n: EMA(models[n], tc.ema_decay, warmup=True) for n in main_nets} if tc.ema_decay > 0 else {}
     history_avg = {}

@@ -175,3 +175,27 @@ def test_mutual_information_loss_is_ce_plus_gaussian_nll() -> None:
     assert mutual_information_loss(None, None, mean, cont).item() == pytest.approx(nll, rel=1e-6)
     with pytest.raises(ValueError):
         mutual_information_loss(None, None, None, None)
+
+
+@pytest.mark.parametrize("image_shape", [(1, 28, 28), (3, 32, 32)])
+def test_ssgan_discriminator_objective_equals_separate_real_and_fake_passes(image_shape: tuple) -> None:
+    # The objective scores real and fake in one pass; without noise (eval mode) it must equal scoring
+    # them separately, as improved-gan does.
+    from gan_models.config import load_config
+    from gan_models.losses import discriminator_objective
+    from gan_models.nets import build_models, sample_latent
+
+    cfg = load_config(None, ["model.name=ssgan", "model.d_features=8", "model.g_features=8"])
+    torch.manual_seed(0)
+    models = {k: m.eval() for k, m in build_models(cfg.model, image_shape, 10).items()}
+    real = torch.rand(6, *image_shape) * 2 - 1
+    labels = T([3, 7, -1, -1, 1, -1])
+    latent = sample_latent(cfg.model, 4, 10, generator=torch.Generator().manual_seed(1))
+    terms = discriminator_objective(models, real, labels, latent, cfg.model, cfg.train)
+
+    with torch.no_grad():
+        logits_real, _ = models["discriminator"](real)
+        logits_fake, _ = models["discriminator"](models["generator"](latent.z))
+    supervised, unsupervised = ssgan_discriminator_loss(logits_real, labels, logits_real, logits_fake)
+    torch.testing.assert_close(terms["supervised"], supervised)
+    torch.testing.assert_close(terms["unsupervised"], unsupervised)
