@@ -1,14 +1,16 @@
 """Benchmark: images/s of the semi-supervised GAN step (32x32x3, batch 128) against a straightforward port.
 
-Both sides train the same networks (`gan_models.nets`, SVHN architecture) with the same losses, in the
-same process, alternately, after a warm-up:
+Both sides train the same networks (`gan_models.nets`: the SVHN architecture, or with `--shape 1x28x28`
+the MNIST MLPs) with the same losses, in the same process, alternately, after a warm-up:
 - `ganops loop`: `gan_models.training.loop.train` (data held as a uint8 tensor on the device, the side
   not being stepped frozen, EMA of G and D, divergence checks every 25 steps);
 - reference: the loop as a direct port of improved-gan would be written in PyTorch: a `DataLoader` over
   a float tensor, three separate D passes, the G step back-propagating into D's weights too.
-Images/s counts the unlabelled batch (128) per step, as improved-gan's epoch does.
+Images/s counts the unlabelled batch (128) per step, as improved-gan's epoch does. `--precision bf16`
+and `--channels-last` apply to the project's loop only; the port stays in fp32, the reference.
 
-    uv run python benchmarks/ssgan_throughput.py [--steps 30] [--device cpu|cuda] [--bf16]
+    uv run python benchmarks/ssgan_throughput.py [--steps 30] [--device cpu|cuda] [--precision bf16]
+        [--channels-last] [--shape 1x28x28]
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from gan_models.training.loop import TrainHooks, train
 BATCH = 128
 
 
-def dataset(root: Path, steps: int) -> PreparedDataset:
+def dataset(root: Path, steps: int, shape: tuple[int, int, int]) -> PreparedDataset:
     rng = np.random.default_rng(0)
     n = BATCH * steps
-    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    channels, height, width = shape
+    images = rng.integers(0, 256, size=(n, height, width, channels), dtype=np.uint8)
     labels = np.arange(n) % 10
     raw = RawDataset({"train": (images, labels)}, [str(i) for i in range(10)])
     return write_prepared(
@@ -107,7 +110,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=2, help="alternating measurements of each side")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--shape", default="3x32x32", choices=["3x32x32", "1x28x28"], help="C x H x W")
     args = parser.parse_args()
+    shape = tuple(int(v) for v in args.shape.split("x"))
     device = torch.device(args.device)
     cfg = load_config(
         None,
@@ -116,12 +123,14 @@ def main() -> None:
             f"train.batch_size={BATCH}",
             "train.epochs=1",
             f"train.device={args.device}",
+            f"train.precision={args.precision}",
+            f"train.channels_last={str(args.channels_last).lower()}",
             "train.samples_every=1000",
             "train.checkpoint_every=1000",
         ],
     )
     with tempfile.TemporaryDirectory() as tmp:
-        ds = dataset(Path(tmp), args.steps)
+        ds = dataset(Path(tmp), args.steps, shape)  # type: ignore[arg-type]
         rows = []
         for r in range(args.rounds):
             a = ours(cfg, ds, Path(tmp) / f"run{r}", args.warmup)
@@ -133,7 +142,8 @@ def main() -> None:
     ours_best, ref_best = max(a for a, _ in rows), max(b for _, b in rows)
     print(
         f"best of {args.rounds}: ganops loop {ours_best:.1f} img/s, port {ref_best:.1f} img/s, "
-        f"ratio {ours_best / ref_best:.2f}x on {device} ({torch.get_num_threads()} threads); "
+        f"ratio {ours_best / ref_best:.2f}x on {device} ({torch.get_num_threads()} threads, {args.shape}, "
+        f"loop in {args.precision}{', channels-last' if args.channels_last else ''}); "
         "improved-gan's TensorFlow code on a GPU: about 2,800 img/s"
     )
 
