@@ -9,7 +9,6 @@ One training loop drives every family through these calls (`cfg` is the whole `C
     logits, features = models["discriminator"](x)  # every family; logits (n,), or (n, K) for ssgan
     d_terms = discriminator_objective(models, real, labels, latent, cfg.model, cfg.train)
     g_terms = generator_objective(models, real, labels, latent, cfg.model, cfg.train)
-    module.data_init(real_batch)                # if a network defines it: once, before a fresh run
 
 The objectives live in `gan_models.losses`; each returns a dict whose "loss" entry is the scalar to
 backpropagate and whose other entries are detached terms to log. `labels` are class indices with -1

@@ -1,11 +1,10 @@
-"""Small building blocks shared by the model files: noise, minibatch discrimination, weight norm, init."""
+"""Small building blocks shared by the model files: noise injection, minibatch discrimination, init."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
@@ -29,41 +28,6 @@ def wn(layer: nn.Conv2d | nn.Linear, relu_slope: float | None = None) -> nn.Modu
         if layer.bias is not None:
             nn.init.zeros_(layer.bias)
     return weight_norm(layer)
-
-
-class NormedLinear(nn.Module):
-    """improved-gan's MNIST dense layer: weight rows theta_j / ||theta_j|| times a per-unit scale, plus bias.
-
-    With `trainable_scale=False` the scale is a buffer, fixed once by `data_init` (improved-gan trains it
-    only in the output layer): every hidden unit then keeps the unit pre-activation spread it started
-    with, and only its direction and bias learn.
-    """
-
-    def __init__(self, in_features: int, out_features: int, trainable_scale: bool) -> None:
-        super().__init__()
-        self.theta = nn.Parameter(0.1 * torch.randn(out_features, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features))
-        scale = torch.ones(out_features)
-        if trainable_scale:
-            self.scale = nn.Parameter(scale)
-        else:
-            self.register_buffer("scale", scale)
-
-    def weight(self) -> Tensor:
-        return self.theta * (self.scale / self.theta.norm(dim=1)).unsqueeze(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight(), self.bias)
-
-    @torch.no_grad()
-    def data_init(self, x: Tensor) -> Tensor:
-        """Set scale and bias so the outputs on batch `x` have mean 0 and std 1 per unit; return them."""
-        out = F.linear(x, self.weight())
-        mean = out.mean(0)
-        std = (out - mean).square().mean(0).sqrt().clamp(min=1e-6)
-        self.scale.div_(std)
-        self.bias.copy_(-mean / std)
-        return (out - mean) / std
 
 
 def init_dcgan_weights(module: nn.Module) -> None:

@@ -12,24 +12,13 @@ here), and for 28x28 (MNIST) an MLP with Gaussian noise on every layer's input. 
 
 from __future__ import annotations
 
-from itertools import pairwise
-
-import torch
 from torch import Tensor, nn
 
-from gan_models.nets.layers import (
-    GaussianNoise,
-    ImageShape,
-    MinibatchDiscrimination,
-    NormedLinear,
-    image_numel,
-    wn,
-)
+from gan_models.nets.layers import GaussianNoise, ImageShape, MinibatchDiscrimination, image_numel, wn
 
-# improved-gan's MNIST discriminator widths and noise levels. Its pixels are in [0, 1] with noise std 0.3;
-# ours are in [-1, 1], so the same noise relative to the image is 0.6.
+# improved-gan's MNIST discriminator widths and noise levels.
 MLP_HIDDEN = (1000, 500, 250, 250, 250)
-MLP_INPUT_NOISE = 0.6
+MLP_INPUT_NOISE = 0.3
 MLP_HIDDEN_NOISE = 0.5
 
 
@@ -93,11 +82,9 @@ class SSGANConvDiscriminator(nn.Module):
 
 
 class SSGANMLPDiscriminator(nn.Module):
-    """improved-gan's MNIST discriminator: dense 1000-500-250-250-250 ReLU with Gaussian noise on every input.
+    """improved-gan's MNIST discriminator: dense 1000-500-250-250-250 ReLU with Gaussian input noise.
 
     Returns (logits (n, K), features (n, 250)); the features are the last hidden layer, before its noise.
-    As in improved-gan, every layer is weight-normalised with a data-dependent init (`data_init`, which
-    the training loop calls once on real images), and only the output layer learns its scale.
     """
 
     def __init__(
@@ -110,29 +97,21 @@ class SSGANMLPDiscriminator(nn.Module):
         super().__init__()
         self.image_shape = image_shape
         self.num_classes = num_classes
-        widths = (image_numel(image_shape), *hidden)
-        self.noise = nn.ModuleList(
-            [GaussianNoise(MLP_INPUT_NOISE)] + [GaussianNoise(MLP_HIDDEN_NOISE) for _ in hidden]
-        )
-        self.hidden = nn.ModuleList(NormedLinear(i, o, trainable_scale=False) for i, o in pairwise(widths))
-        self.feature_dim = widths[-1]
-        self.minibatch = MinibatchDiscrimination(self.feature_dim, *minibatch) if minibatch else nn.Identity()
-        head_in = self.minibatch.out_features if minibatch else self.feature_dim  # type: ignore[union-attr]
-        self.head = NormedLinear(head_in, num_classes, trainable_scale=True)
+        layers: list[nn.Module] = [nn.Flatten(), GaussianNoise(MLP_INPUT_NOISE)]
+        width = image_numel(image_shape)
+        for i, out in enumerate(hidden):
+            if i > 0:
+                layers.append(GaussianNoise(MLP_HIDDEN_NOISE))
+            layers += [wn(nn.Linear(width, out), relu_slope=0.0), nn.ReLU(True)]
+            width = out
+        self.trunk = nn.Sequential(*layers)
+        self.feature_dim = width
+        self.head_noise = GaussianNoise(MLP_HIDDEN_NOISE)
+        self.minibatch, self.head = _classifier_head(width, num_classes, minibatch)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = x.flatten(1)
-        for noise, layer in zip(self.noise, self.hidden, strict=False):
-            h = torch.relu(layer(noise(h)))
-        return self.head(self.minibatch(self.noise[-1](h))), h
-
-    @torch.no_grad()
-    def data_init(self, x: Tensor) -> None:
-        """Scale every layer so its pre-activations on `x` (noise included) have mean 0 and std 1."""
-        h = x.flatten(1)
-        for noise, layer in zip(self.noise, self.hidden, strict=False):
-            h = torch.relu(layer.data_init(noise(h)))
-        self.head.data_init(self.minibatch(self.noise[-1](h)))
+        features = self.trunk(x)
+        return self.head(self.minibatch(self.head_noise(features))), features
 
 
 class SSGANMLPGenerator(nn.Module):

@@ -17,7 +17,7 @@ import torch
 
 from gan_models.errors import GanOpsError
 
-FORMAT_VERSION = 2  # 2: the MNIST SSGAN discriminator's layers became NormedLinear
+FORMAT_VERSION = 1
 # Config sections whose change makes old weights meaningless for the new run.
 ARCHITECTURE_KEYS = ("model",)
 

@@ -25,7 +25,7 @@ from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import GanOpsError
 from gan_models.losses import discriminator_objective, generator_objective
 from gan_models.nets import build_models, sample_latent, split_modules
-from gan_models.training.batches import DeviceData, iterate_batches, steps_per_epoch, to_float
+from gan_models.training.batches import DeviceData, iterate_batches, steps_per_epoch
 from gan_models.training.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from gan_models.training.samples import fixed_latent, save_grid
 from gan_models.tricks import EMA, HistoricalAveraging, clip_gradients, set_requires_grad
@@ -142,8 +142,6 @@ def train(
 
     # Load data.
     data = DeviceData.load(dataset, device)
-    if state is None:
-        _data_init(models, data)
     steps = steps_per_epoch(len(data), tc.batch_size, world_size)
     labeled_batch = cfg.model.name == "ssgan"
 
@@ -309,17 +307,6 @@ def train(
 
     last = out_dir / CHECKPOINT_NAME
     return TrainResult(epoch, step, history, models, ema, last if rank == 0 and last.exists() else None)
-
-
-def _data_init(models: dict[str, nn.Module], data: DeviceData, count: int = 500) -> None:
-    """Data-dependent init (improved-gan's) of networks that define `data_init`, on the first `count`
-    training images: the same images on every rank, so replicas start identical."""
-    batch = to_float(data.images[:count])
-    for module in models.values():
-        init = getattr(module, "data_init", None)
-        if init is not None:
-            module.train()
-            init(batch)
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
