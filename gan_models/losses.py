@@ -1,6 +1,9 @@
 """GAN losses: pure functions on logits and features, then one objective per family for the loop.
 
 Every loss is a mean over the batch. Labels use -1 for "unlabelled"; supervised terms skip those.
+Every loss computes in float32 whatever its inputs' dtype: under bf16 autocast, logits and features
+arrive in bfloat16, whose 8-bit mantissa would round away the small mean differences feature matching
+measures.
 The objectives at the bottom (`discriminator_objective`, `generator_objective`) compose these for each
 model family, so one training loop can drive all of them (see `gan_models.nets`).
 """
@@ -29,7 +32,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 def masked_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy averaged over the examples with labels >= 0; exactly 0 (and finite) when none are."""
-    mask = labels >= 0
+    logits, mask = logits.float(), labels >= 0
     # Clamp -1 to a valid class so cross_entropy sees no bad index; those terms are then zeroed by `where`.
     ce = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
     return torch.where(mask, ce, torch.zeros_like(ce)).sum() / mask.sum().clamp(min=1)
@@ -59,8 +62,8 @@ def ssgan_discriminator_loss(
     s makes the real target 1 - s: the real term becomes -(1 - s) log D - s log(1 - D).
     """
     supervised = masked_cross_entropy(logits_lab, labels)
-    lse_unl = torch.logsumexp(logits_unl, dim=1)
-    lse_fake = torch.logsumexp(logits_fake, dim=1)
+    lse_unl = torch.logsumexp(logits_unl.float(), dim=1)
+    lse_fake = torch.logsumexp(logits_fake.float(), dim=1)
     # -softplus(-L) equals L - softplus(L) but does not cancel two large numbers when L is large.
     log_d_real = -F.softplus(-lse_unl)
     log_not_d_real = -F.softplus(lse_unl)
@@ -72,12 +75,12 @@ def ssgan_discriminator_loss(
 
 def ssgan_generator_loss(logits_fake: Tensor) -> Tensor:
     """Non-saturating generator loss -E[log D(G(z))] with D(x) = Z / (Z + 1): E[softplus(-L)]."""
-    return F.softplus(-torch.logsumexp(logits_fake, dim=1)).mean()
+    return F.softplus(-torch.logsumexp(logits_fake.float(), dim=1)).mean()
 
 
 def feature_matching_loss(real_features: Tensor, fake_features: Tensor) -> Tensor:
     """Mean over feature dims of (batch mean of real - batch mean of fake)^2; real is not differentiated."""
-    return (real_features.detach().mean(0) - fake_features.mean(0)).square().mean()
+    return (real_features.detach().float().mean(0) - fake_features.float().mean(0)).square().mean()
 
 
 # DCGAN and other single-logit discriminators.
@@ -87,6 +90,7 @@ def dcgan_discriminator_loss(
     real_logits: Tensor, fake_logits: Tensor, label_smoothing: float = 0.0
 ) -> Tensor:
     """BCE(real, 1 - s) + BCE(fake, 0): one-sided label smoothing moves only the real target."""
+    real_logits, fake_logits = real_logits.float(), fake_logits.float()
     real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, 1 - label_smoothing))
     fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
     return real + fake
@@ -94,7 +98,7 @@ def dcgan_discriminator_loss(
 
 def dcgan_generator_loss(fake_logits: Tensor) -> Tensor:
     """Non-saturating generator loss BCE(fake, 1) = E[softplus(-l)]."""
-    return F.softplus(-fake_logits).mean()
+    return F.softplus(-fake_logits.float()).mean()
 
 
 # InfoGAN (and StackedGAN's entropy loss, its Gaussian special case).
@@ -102,8 +106,8 @@ def dcgan_generator_loss(fake_logits: Tensor) -> Tensor:
 
 def gaussian_nll(x: Tensor, mean: Tensor, log_std: Tensor | None = None) -> Tensor:
     """-log N(x; mean, exp(log_std)^2) summed over code dims, averaged over the batch; std 1 if None."""
-    if log_std is None:
-        log_std = torch.zeros_like(mean)
+    x, mean = x.float(), mean.float()
+    log_std = torch.zeros_like(mean) if log_std is None else log_std.float()
     nll = _HALF_LOG_2PI + log_std + 0.5 * ((x - mean) * torch.exp(-log_std)).square()
     return nll.sum(1).mean()
 
@@ -122,7 +126,7 @@ def mutual_information_loss(
     """
     terms: list[Tensor] = []
     if cat_logits is not None and cat_codes is not None:
-        terms.append(F.cross_entropy(cat_logits, cat_codes))
+        terms.append(F.cross_entropy(cat_logits.float(), cat_codes))
     if cont_mean is not None and cont_codes is not None:
         terms.append(gaussian_nll(cont_codes, cont_mean, cont_log_std))
     if not terms:

@@ -199,3 +199,21 @@ def test_ssgan_discriminator_objective_equals_separate_real_and_fake_passes(imag
     supervised, unsupervised = ssgan_discriminator_loss(logits_real, labels, logits_real, logits_fake)
     torch.testing.assert_close(terms["supervised"], supervised)
     torch.testing.assert_close(terms["unsupervised"], unsupervised)
+
+
+def test_feature_matching_computes_in_float32_from_bfloat16_features() -> None:
+    # Under bf16 autocast the features arrive in bfloat16; a mean difference of 2^-10 on values near 1
+    # is below bfloat16's resolution there (2^-7), so a bf16 computation would return exactly 0.
+    real = torch.ones(256, 4, dtype=torch.bfloat16)
+    fake = torch.ones(256, 4, dtype=torch.bfloat16)
+    fake[:128] += 2**-7  # representable per element; its batch mean 1 + 2^-8 is not in bfloat16
+    loss = feature_matching_loss(real, fake)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx((2**-8) ** 2)
+
+
+def test_ssgan_losses_return_float32_for_bfloat16_logits() -> None:
+    logits = torch.randn(8, 10).bfloat16()
+    labels = T([1, -1, 3, -1, 0, 9, -1, 2])
+    supervised, unsupervised = ssgan_discriminator_loss(logits, labels, logits, logits)
+    assert supervised.dtype == unsupervised.dtype == ssgan_generator_loss(logits).dtype == torch.float32
