@@ -28,11 +28,6 @@ EVAL_IMAGES = 2000
 SMOOTH_STEPS = 50  # moving-average window of the per-step loss curves
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float (N, C, H, W) -> uint8, as the packaged generator rounds it."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-
-
 def plot(steps: list[dict], epochs: list[dict], floor: float, path: Path) -> None:
     import matplotlib
 
@@ -63,10 +58,11 @@ def main() -> None:
     from gan_models.config import load_config
     from gan_models.data.prepare import prepare_dataset, prepared_path
     from gan_models.data.prepared import PreparedDataset
-    from gan_models.metrics.distribution import distribution_metrics
     from gan_models.metrics.domain import load_or_train
     from gan_models.metrics.feature_cache import real_features, subset_indices
+    from gan_models.metrics.frechet import FeatureStats, stats_distance
     from gan_models.nets import build_models, sample_latent
+    from gan_models.training.batches import to_uint8
     from gan_models.training.loop import TrainHooks, train
     from gan_models.training.samples import generate
 
@@ -97,16 +93,16 @@ def main() -> None:
 
     # The measuring instrument and its references, before training starts.
     extractor = load_or_train(ds)
-    real_test = real_features(ds, "test", extractor, EVAL_IMAGES)
+    real_test = FeatureStats.from_features(real_features(ds, "test", extractor, EVAL_IMAGES))
     train_images = ds.images("train")
     real_train = extractor.features(train_images[subset_indices(len(train_images), EVAL_IMAGES, 1)])
     latent = sample_latent(cfg.model, EVAL_IMAGES, ds.num_classes, generator=torch.Generator().manual_seed(7))
 
     def domain_fd(generator: torch.nn.Module) -> float:
-        fake = extractor.features(to_uint8(generate(generator, latent)))
-        return distribution_metrics(real_test, fake, extractor, kid_subsets=10).metrics["domain_fd"]
+        fake = extractor.features(to_uint8(generate(generator, latent)).numpy())
+        return stats_distance(real_test, FeatureStats.from_features(fake))
 
-    floor = distribution_metrics(real_test, real_train, extractor, kid_subsets=10).metrics["domain_fd"]
+    floor = stats_distance(real_test, FeatureStats.from_features(real_train))
     torch.manual_seed(cfg.seed)  # the loop builds its networks from this seed too
     untrained = domain_fd(build_models(cfg.model, ds.image_shape, ds.num_classes)["generator"])
 

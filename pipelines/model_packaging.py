@@ -25,7 +25,7 @@ from torch import nn
 
 from gan_models.config import ModelConfig
 from gan_models.nets import build_models, sample_latent
-from gan_models.training.batches import to_float
+from gan_models.training.batches import to_float, to_uint8
 
 SPEC = "spec.json"
 WEIGHTS = "weights.safetensors"
@@ -109,7 +109,7 @@ class PackagedModel:
         if not latents:
             return np.zeros((0, *self.image_shape[1:], self.image_shape[0]), dtype=np.uint8)
         images = self.nets["generator"](torch.cat(latents))
-        return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return to_uint8(images).permute(0, 2, 3, 1).numpy()
 
     @torch.no_grad()
     def classify(self, images: np.ndarray) -> np.ndarray:

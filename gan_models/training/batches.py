@@ -22,6 +22,11 @@ def to_float(images: Tensor) -> Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
+def to_uint8(images: Tensor) -> Tensor:
+    """float [-1, 1] -> uint8 [0, 255], rounded: the inverse of `to_float` (values outside are clipped)."""
+    return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     """The order of the `n` training examples in `epoch`; identical on every rank."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
