@@ -182,10 +182,15 @@ def _ssgan_d(
         fake = models["generator"](latent.z)
     # improved-gan scores labelled and unlabelled batches separately; here both are `real` (labels -1
     # for the unlabelled part), and every real image also counts as unlabelled data. One pass over
-    # real and fake together: this discriminator has no batch norm, so each example's output is its
-    # own, and one pass halves the weight-norm and cast work and gives the matmuls larger batches.
-    logits, _ = models["discriminator"](torch.cat([real, fake.to(real.dtype)]))
-    logits_real, logits_fake = logits.split([len(real), len(fake)])
+    # real and fake together when each example's output is its own (no batch norm, no minibatch
+    # discrimination): it halves the weight-norm and cast work and gives the matmuls larger batches.
+    discriminator = models["discriminator"]
+    if discriminator.mixes_examples:
+        logits_real, _ = discriminator(real)
+        logits_fake, _ = discriminator(fake)
+    else:
+        logits, _ = discriminator(torch.cat([real, fake.to(real.dtype)]))
+        logits_real, logits_fake = logits.split([len(real), len(fake)])
     supervised, unsupervised = ssgan_discriminator_loss(
         logits_real, labels, logits_real, logits_fake, cfg.label_smoothing
     )
@@ -206,8 +211,13 @@ def _ssgan_g(
     if not cfg.feature_matching:
         loss = ssgan_generator_loss(logits_fake)
         return _terms(loss, adversarial=loss)
+    # The target is the unlabelled real batch (labels -1), as in improved-gan; a batch without one
+    # (fully labelled data) matches all of it. Skipping the labelled half saves a third of the
+    # discriminator forward work of this step.
+    unlabeled = labels < 0
+    target = real[unlabeled] if bool(unlabeled.any()) else real
     with torch.no_grad():
-        _, real_features = models["discriminator"](real)
+        _, real_features = models["discriminator"](target)
     loss = feature_matching_loss(real_features, fake_features)
     return _terms(loss, feature_matching=loss)
 

@@ -177,15 +177,27 @@ def test_mutual_information_loss_is_ce_plus_gaussian_nll() -> None:
         mutual_information_loss(None, None, None, None)
 
 
+@pytest.mark.parametrize("minibatch", [False, True])
 @pytest.mark.parametrize("image_shape", [(1, 28, 28), (3, 32, 32)])
-def test_ssgan_discriminator_objective_equals_separate_real_and_fake_passes(image_shape: tuple) -> None:
-    # The objective scores real and fake in one pass; without noise (eval mode) it must equal scoring
-    # them separately, as improved-gan does.
+def test_ssgan_discriminator_objective_equals_separate_real_and_fake_passes(
+    image_shape: tuple, minibatch: bool
+) -> None:
+    # The objective scores real and fake in one pass where it can; without noise (eval mode) it must
+    # equal scoring them separately, as improved-gan does, also when minibatch discrimination makes
+    # each output depend on its batch.
     from gan_models.config import load_config
     from gan_models.losses import discriminator_objective
     from gan_models.nets import build_models, sample_latent
 
-    cfg = load_config(None, ["model.name=ssgan", "model.d_features=8", "model.g_features=8"])
+    cfg = load_config(
+        None,
+        [
+            "model.name=ssgan",
+            "model.d_features=8",
+            "model.g_features=8",
+            f"model.minibatch_discrimination={str(minibatch).lower()}",
+        ],
+    )
     torch.manual_seed(0)
     models = {k: m.eval() for k, m in build_models(cfg.model, image_shape, 10).items()}
     real = torch.rand(6, *image_shape) * 2 - 1
@@ -199,6 +211,31 @@ def test_ssgan_discriminator_objective_equals_separate_real_and_fake_passes(imag
     supervised, unsupervised = ssgan_discriminator_loss(logits_real, labels, logits_real, logits_fake)
     torch.testing.assert_close(terms["supervised"], supervised)
     torch.testing.assert_close(terms["unsupervised"], unsupervised)
+
+
+def test_ssgan_feature_matching_targets_the_unlabelled_real_images() -> None:
+    # improved-gan matches the generated features to the unlabelled batch's; fully labelled batches
+    # (no -1) fall back to all real images.
+    from gan_models.config import load_config
+    from gan_models.losses import generator_objective
+    from gan_models.nets import build_models, sample_latent
+
+    cfg = load_config(None, ["model.name=ssgan", "model.d_features=8", "model.g_features=8"])
+    torch.manual_seed(0)
+    models = {k: m.eval() for k, m in build_models(cfg.model, (3, 32, 32), 10).items()}
+    real = torch.rand(6, 3, 32, 32) * 2 - 1
+    latent = sample_latent(cfg.model, 4, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, fake_features = models["discriminator"](models["generator"](latent.z))
+
+        def expected(target: torch.Tensor) -> torch.Tensor:
+            return feature_matching_loss(models["discriminator"](target)[1], fake_features)
+
+        partly = generator_objective(models, real, T([3, 7, -1, -1, 1, -1]), latent, cfg.model, cfg.train)
+        fully = generator_objective(models, real, T([3, 7, 0, 2, 1, 9]), latent, cfg.model, cfg.train)
+    torch.testing.assert_close(partly["feature_matching"], expected(real[[2, 3, 5]]))
+    torch.testing.assert_close(fully["feature_matching"], expected(real))
+    assert partly["feature_matching"] != fully["feature_matching"]
 
 
 def test_feature_matching_computes_in_float32_from_bfloat16_features() -> None:

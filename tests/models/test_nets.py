@@ -125,6 +125,16 @@ def test_ssgan_discriminators_are_deterministic_in_eval_and_noisy_in_train() -> 
         assert not torch.equal(d(x)[0], d(x)[0])  # dropout / Gaussian noise are on
 
 
+def test_ssgan_conv_discriminator_in_cpu_chunks_equals_one_pass() -> None:
+    # Above cpu_chunk images the trunk runs in chunks on a CPU; the outputs must not change.
+    d = SSGANConvDiscriminator((3, 32, 32), 10, 4, 0.2, 0.5).eval()
+    x = torch.rand(2 * d.cpu_chunk + 3, 3, 32, 32) * 2 - 1
+    logits, features = d(x)
+    assert logits.shape == (len(x), 10)
+    d.cpu_chunk = len(x)  # one pass
+    torch.testing.assert_close(d(x), (logits, features))
+
+
 def test_ssgan_minibatch_discrimination_widens_the_head() -> None:
     plain = build_models(tiny("ssgan"), (3, 32, 32), NUM_CLASSES)["discriminator"]
     mbd = build_models(tiny("ssgan", minibatch_discrimination=True), (3, 32, 32), NUM_CLASSES)[
