@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -105,8 +106,23 @@ def run(
         "test_error": round(raw.error, 5),
         "test_error_ema": round(ema.error, 5),
         "overrides": extra,
+        "commit": _commit(),
         "curve": curve,
     }
+
+
+def _commit() -> str:
+    """The code a row was measured with: HEAD, marked dirty when tracked files differ from it."""
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True
+    )
+    return (
+        head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+        if head.returncode == 0
+        else "unknown"
+    )
 
 
 def _mean_std(rows: list[dict], key: str) -> str:
@@ -119,16 +135,25 @@ def summary() -> None:
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r["mode"], r["epochs"], r["labels"]), []).append(r)
+        # Rows are comparable when the schedule and every override match; seeds are what varies.
+        key = (
+            r["dataset"],
+            r["mode"],
+            r["labels"],
+            r["epochs"],
+            r["lr_decay_start"] or 0,
+            " ".join(r["overrides"]),
+        )
+        groups.setdefault(key, []).append(r)
     print(
-        f"{'dataset':15s} {'mode':10s} {'labels':>6s} {'epochs':>6s} {'seeds':>5s} {'error % (EMA D)':>18s} "
-        f"{'error % (raw D)':>18s} {'train min':>10s}"
+        f"{'dataset':15s} {'mode':10s} {'labels':>6s} {'epochs':>6s} {'decay':>5s} {'seeds':>5s} "
+        f"{'error % (EMA D)':>18s} {'error % (raw D)':>18s} {'train min':>10s}  overrides"
     )
-    for (dataset, mode, epochs, labels), rs in sorted(groups.items()):
+    for (dataset, mode, labels, epochs, decay, overrides), rs in sorted(groups.items()):
         minutes = statistics.mean(r.get("train_s", r.get("train_wall_s", 0)) for r in rs) / 60
         print(
-            f"{dataset:15s} {mode:10s} {labels:6d} {epochs:6d} {len(rs):5d} {_mean_std(rs, 'test_error_ema'):>18s} "
-            f"{_mean_std(rs, 'test_error'):>18s} {minutes:10.1f}"
+            f"{dataset:15s} {mode:10s} {labels:6d} {epochs:6d} {decay:5d} {len(rs):5d} "
+            f"{_mean_std(rs, 'test_error_ema'):>18s} {_mean_std(rs, 'test_error'):>18s} {minutes:10.1f}  {overrides}"
         )
 
 
