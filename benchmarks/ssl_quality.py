@@ -112,17 +112,18 @@ def run(
 
 
 def _commit() -> str:
-    """The code a row was measured with: HEAD, marked dirty when tracked files differ from it."""
+    """The code a row was measured with: HEAD, marked dirty when the code differs from it."""
     root = Path(__file__).resolve().parents[1]
-    head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(
-        ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True
-    )
-    return (
-        head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-        if head.returncode == 0
-        else "unknown"
-    )
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True)
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head.returncode:
+        return "unknown"
+    # Results files (this one's rows, RESULTS.md) change while runs go on; only code counts.
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "gan_models", "pipelines", "*.py")
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def _mean_std(rows: list[dict], key: str) -> str:
