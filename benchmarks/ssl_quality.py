@@ -88,6 +88,7 @@ def run(
         )
 
     out = Path("/tmp/ganops-bench") / f"{dataset}-{mode}-{seed}"
+    commit = _commit()  # at the start: the code this run imported
     started = time.perf_counter()
     result = train(cfg, ds, out_dir=out, hooks=TrainHooks(on_epoch=on_epoch))
     wall = time.perf_counter() - started
@@ -106,7 +107,7 @@ def run(
         "test_error": round(raw.error, 5),
         "test_error_ema": round(ema.error, 5),
         "overrides": extra,
-        "commit": _commit(),
+        "commit": commit,
         "curve": curve,
     }
 
