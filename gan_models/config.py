@@ -94,6 +94,9 @@ class TrainConfig(_Section):
     beta2: float = Field(0.999, ge=0, lt=1)
     lr_decay_start: int | None = Field(None, ge=0, description="epoch after which lr decays linearly to 0")
     feature_matching: bool = True
+    feature_matching_target: Literal["unlabeled", "all"] = Field(
+        "unlabeled", description="SSGAN: real images whose mean features G matches (all: labelled too)"
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="one-sided: real target is 1 - value")
     historical_averaging: float = Field(0.0, ge=0)
     unlabeled_weight: float = Field(1.0, ge=0)

@@ -215,7 +215,7 @@ def test_ssgan_discriminator_objective_equals_separate_real_and_fake_passes(
 
 def test_ssgan_feature_matching_targets_the_unlabelled_real_images() -> None:
     # improved-gan matches the generated features to the unlabelled batch's; fully labelled batches
-    # (no -1) fall back to all real images.
+    # (no -1) fall back to all real images, as does `feature_matching_target: all`.
     from gan_models.config import load_config
     from gan_models.losses import generator_objective
     from gan_models.nets import build_models, sample_latent
@@ -233,8 +233,11 @@ def test_ssgan_feature_matching_targets_the_unlabelled_real_images() -> None:
 
         partly = generator_objective(models, real, T([3, 7, -1, -1, 1, -1]), latent, cfg.model, cfg.train)
         fully = generator_objective(models, real, T([3, 7, 0, 2, 1, 9]), latent, cfg.model, cfg.train)
+        target_all = cfg.train.model_copy(update={"feature_matching_target": "all"})
+        both = generator_objective(models, real, T([3, 7, -1, -1, 1, -1]), latent, cfg.model, target_all)
     torch.testing.assert_close(partly["feature_matching"], expected(real[[2, 3, 5]]))
     torch.testing.assert_close(fully["feature_matching"], expected(real))
+    torch.testing.assert_close(both["feature_matching"], expected(real))
     assert partly["feature_matching"] != fully["feature_matching"]
 
 
