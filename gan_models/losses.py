@@ -185,7 +185,7 @@ def _ssgan_d(
     # real and fake together when each example's output is its own (no batch norm, no minibatch
     # discrimination): it halves the weight-norm and cast work and gives the matmuls larger batches.
     discriminator = models["discriminator"]
-    if discriminator.mixes_examples:
+    if getattr(discriminator, "module", discriminator).mixes_examples:  # `.module` under DDP
         logits_real, _ = discriminator(real)
         logits_fake, _ = discriminator(fake)
     else:
