@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gan_models.data.sources import SOURCES
 from gan_models.errors import ConfigError
+from gan_models.nets import FAMILIES, ModelOptions
 
 DEFAULT_PARAMS = Path("params.yaml")
+DEFAULT_FAMILY = "ssgan"
 
 
 class _Section(BaseModel):
@@ -56,31 +59,17 @@ class DataConfig(_Section):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        from gan_models.data.sources import SOURCES  # late import: the registry imports this module
-
         if name not in SOURCES:
             raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(SOURCES))}")
         return name
 
 
-class ModelConfig(_Section):
-    """Architecture choice and sizes."""
-
-    name: Literal["ssgan", "dcgan", "mlp-gan", "infogan", "stackedgan"] = "ssgan"
-    latent_dim: int = Field(100, gt=0)
-    g_features: int = Field(64, gt=0)
-    d_features: int = Field(64, gt=0)
-    d_input_dropout: float = Field(0.2, ge=0, lt=1)
-    d_dropout: float = Field(0.5, ge=0, lt=1)
-    minibatch_discrimination: bool = Field(
-        False, description="a minibatch-discrimination layer before D's output"
-    )
-    mbd_kernels: int = Field(50, gt=0)
-    mbd_kernel_dim: int = Field(5, gt=0)
-    info_categories: int = Field(10, gt=0)
-    info_continuous: int = Field(2, ge=0)
-    info_learn_std: bool = Field(True, description="InfoGAN's Q head predicts a log-std; False: unit std")
-    stacked_feature_dim: int = Field(256, gt=0, description="StackedGAN's intermediate feature f1")
+# The `model` section: one options class per family (defined beside its networks in
+# `gan_models/nets/<family>.py`), told apart by `name`, so one family's option on another is an error.
+ModelConfig = Annotated[
+    Union[tuple(f.options for f in FAMILIES.values())],  # noqa: UP007 (a runtime tuple of types)
+    Field(discriminator="name"),
+]
 
 
 class TrainConfig(_Section):
@@ -190,13 +179,20 @@ class Config(_Section):
 
     seed: int = 0
     data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = Field(default_factory=lambda: FAMILIES[DEFAULT_FAMILY].options())
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     promotion: PromotionConfig = PromotionConfig()
     flow: FlowConfig = FlowConfig()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _default_family(cls, model: Any) -> Any:
+        if isinstance(model, dict) and "name" not in model:
+            return {"name": DEFAULT_FAMILY, **model}
+        return model
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -213,10 +209,20 @@ class Config(_Section):
 def _format_errors(err: ValidationError, origin: str) -> str:
     lines = [f"invalid config ({origin}):"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = [str(p) for p in e["loc"]]
         msg = e["msg"].removeprefix("Value error, ")
+        family = None
+        if loc[:1] == ["model"] and len(loc) > 1 and loc[1] in FAMILIES:
+            family = loc.pop(1)  # pydantic names the union member; the user wrote model.<key>
+        key = ".".join(loc) or "<root>"
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" if family is None else f"not an option of model.name={family!r}"
+        elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            key = "model.name"
+            expected = ", ".join(repr(name) for name in FAMILIES)
+            msg = f"Input should be {expected}" + (
+                f" (got {e['ctx']['tag']!r})" if "tag" in e.get("ctx", {}) else ""
+            )
         elif "input" in e and not isinstance(e["input"], dict):
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"  {key}: {msg}")
@@ -249,7 +255,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def load_config(path: Path | None = DEFAULT_PARAMS, overrides: list[str] | None = None) -> Config:
-    """Load `path` (a missing default file means the embedded defaults), apply overrides, validate."""
+    """Load `path` (a missing default file means the embedded defaults), apply overrides, validate.
+
+    An override that switches `model.name` to another family starts that family from its defaults:
+    the file's options of its own family are dropped, its shared ones (`ModelOptions`) kept.
+    """
     raw: dict[str, Any] = {}
     origin = "embedded defaults"
     if path is not None and Path(path).exists():
@@ -263,9 +273,20 @@ def load_config(path: Path | None = DEFAULT_PARAMS, overrides: list[str] | None 
     elif path is not None and Path(path) != DEFAULT_PARAMS:
         raise ConfigError(f"config file {path} does not exist")
     if overrides:
+        raw = _switch_family(raw, overrides)
         raw = apply_overrides(raw, overrides)
         origin += " + --set " + " ".join(overrides)
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, origin)) from None
+
+
+def _switch_family(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`raw` without the file's family-specific model options when the overrides change `model.name`."""
+    model = raw.get("model")
+    names = [value for key, value in map(parse_override, overrides) if key == ["model", "name"]]
+    if not isinstance(model, dict) or not names or names[-1] == model.get("name", DEFAULT_FAMILY):
+        return raw
+    shared = set(ModelOptions.model_fields)
+    return {**raw, "model": {k: v for k, v in model.items() if k in shared}}

@@ -1,28 +1,18 @@
-"""GAN losses: pure functions on logits and features, then one objective per family for the loop.
+"""GAN losses: pure functions on logits and features (each family's file composes them into objectives).
 
 Every loss is a mean over the batch. Labels use -1 for "unlabelled"; supervised terms skip those.
 Every loss computes in float32 whatever its inputs' dtype: under bf16 autocast, logits and features
 arrive in bfloat16, whose 8-bit mantissa would round away the small mean differences feature matching
 measures.
-The objectives at the bottom (`discriminator_objective`, `generator_objective`) compose these for each
-model family, so one training loop can drive all of them (see `gan_models.nets`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from gan_models.nets import Latent
-from gan_models.nets.stackedgan import split_stacked_latent
-
-if TYPE_CHECKING:
-    from gan_models.config import ModelConfig, TrainConfig
+from torch import Tensor
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -101,6 +91,19 @@ def dcgan_generator_loss(fake_logits: Tensor) -> Tensor:
     return F.softplus(-fake_logits.float()).mean()
 
 
+# SNGAN's hinge loss (Miyato et al. 2018; Lim & Ye 2017).
+
+
+def hinge_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]: no gradient once a logit is past its margin."""
+    return F.relu(1 - real_logits.float()).mean() + F.relu(1 + fake_logits.float()).mean()
+
+
+def hinge_generator_loss(fake_logits: Tensor) -> Tensor:
+    """-E[D(G(z))]."""
+    return -fake_logits.float().mean()
+
+
 # InfoGAN (and StackedGAN's entropy loss, its Gaussian special case).
 
 
@@ -132,196 +135,3 @@ def mutual_information_loss(
     if not terms:
         raise ValueError("mutual_information_loss needs a categorical or a continuous code")
     return torch.stack(terms).sum()
-
-
-# Per-family objectives: what one training step backpropagates, for any model family.
-
-Models = dict[str, nn.Module]
-Terms = dict[str, Tensor]
-
-
-def discriminator_objective(
-    models: Models,
-    real: Tensor,
-    labels: Tensor,
-    latent: Latent,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-) -> Terms:
-    """Loss of the discriminator side (D and every non-generator module) for one batch.
-
-    `real` are images in [-1, 1], `labels` class indices or -1, `latent` from `nets.sample_latent`.
-    The generator runs under no_grad. Returns {"loss": scalar to backpropagate, <term>: detached}.
-    """
-    return _OBJECTIVES[model_cfg.name][0](models, real, labels, latent, model_cfg, train_cfg)
-
-
-def generator_objective(
-    models: Models,
-    real: Tensor,
-    labels: Tensor,
-    latent: Latent,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-) -> Terms:
-    """Loss of the generator for one batch; `real` feeds feature matching and StackedGAN's E0 features.
-
-    Gradients flow through the discriminator side into G; freeze it (requires_grad False) first.
-    """
-    return _OBJECTIVES[model_cfg.name][1](models, real, labels, latent, model_cfg, train_cfg)
-
-
-def _terms(loss: Tensor, **parts: Tensor) -> Terms:
-    return {"loss": loss, **{k: v.detach() for k, v in parts.items()}}
-
-
-def _ssgan_d(
-    models: Models, real: Tensor, labels: Tensor, latent: Latent, mcfg: ModelConfig, cfg: TrainConfig
-) -> Terms:
-    with torch.no_grad():
-        fake = models["generator"](latent.z)
-    # improved-gan scores labelled and unlabelled batches separately; here both are `real` (labels -1
-    # for the unlabelled part), and every real image also counts as unlabelled data. One pass over
-    # real and fake together when each example's output is its own (no batch norm, no minibatch
-    # discrimination): it halves the weight-norm and cast work and gives the matmuls larger batches.
-    discriminator = models["discriminator"]
-    if getattr(discriminator, "module", discriminator).mixes_examples:  # `.module` under DDP
-        logits_real, _ = discriminator(real)
-        logits_fake, _ = discriminator(fake)
-    else:
-        logits, _ = discriminator(torch.cat([real, fake.to(real.dtype)]))
-        logits_real, logits_fake = logits.split([len(real), len(fake)])
-    supervised, unsupervised = ssgan_discriminator_loss(
-        logits_real, labels, logits_real, logits_fake, cfg.label_smoothing
-    )
-    accuracy, _ = masked_accuracy(logits_real, labels)
-    return _terms(
-        supervised + cfg.unlabeled_weight * unsupervised,
-        supervised=supervised,
-        unsupervised=unsupervised,
-        accuracy=accuracy,
-    )
-
-
-def _ssgan_g(
-    models: Models, real: Tensor, labels: Tensor, latent: Latent, mcfg: ModelConfig, cfg: TrainConfig
-) -> Terms:
-    fake = models["generator"](latent.z)
-    logits_fake, fake_features = models["discriminator"](fake)
-    if not cfg.feature_matching:
-        loss = ssgan_generator_loss(logits_fake)
-        return _terms(loss, adversarial=loss)
-    # The target is the unlabelled real batch (labels -1), as in improved-gan: it skips a third of
-    # this step's discriminator forward work. `all` adds the labelled batch, which was steadier across
-    # seeds on MNIST with 100 labels (benchmarks/RESULTS.md). Fully labelled batches match all.
-    unlabeled = labels < 0
-    if cfg.feature_matching_target == "unlabeled" and bool(unlabeled.any()):
-        target = real[unlabeled]
-    else:
-        target = real
-    with torch.no_grad():
-        _, real_features = models["discriminator"](target)
-    loss = feature_matching_loss(real_features, fake_features)
-    return _terms(loss, feature_matching=loss)
-
-
-def _dcgan_d(
-    models: Models, real: Tensor, labels: Tensor, latent: Latent, mcfg: ModelConfig, cfg: TrainConfig
-) -> Terms:
-    with torch.no_grad():
-        fake = models["generator"](latent.z)
-    real_logits, _ = models["discriminator"](real)
-    fake_logits, _ = models["discriminator"](fake)
-    loss = dcgan_discriminator_loss(real_logits, fake_logits, cfg.label_smoothing)
-    return _terms(loss, adversarial=loss)
-
-
-def _dcgan_g(
-    models: Models, real: Tensor, labels: Tensor, latent: Latent, mcfg: ModelConfig, cfg: TrainConfig
-) -> Terms:
-    fake_logits, _ = models["discriminator"](models["generator"](latent.z))
-    loss = dcgan_generator_loss(fake_logits)
-    return _terms(loss, adversarial=loss)
-
-
-def _info_loss(models: Models, features: Tensor, latent: Latent) -> Tensor:
-    q = models["q_head"](features)
-    return mutual_information_loss(q.logits, latent.labels, q.mean, latent.continuous, q.log_std)
-
-
-def _infogan_d(
-    models: Models, real: Tensor, labels: Tensor, latent: Latent, mcfg: ModelConfig, cfg: TrainConfig
-) -> Terms:
-    with torch.no_grad():
-        fake = models["generator"](latent.z)
-    real_logits, _ = models["discriminator"](real)
-    fake_logits, fake_features = models["discriminator"](fake)
-    adversarial = dcgan_discriminator_loss(real_logits, fake_logits, cfg.label_smoothing)
-    # Q (and D's shared trunk) learn to recover the codes of the detached fakes.
-    info = _info_loss(models, fake_features, latent)
-    return _terms(adversarial + cfg.info_weight * info, adversarial=adversarial, mutual_information=info)
-
-
-def _infogan_g(
-    models: Models, real: Tensor, labels: Tensor, latent: Latent, mcfg: ModelConfig, cfg: TrainConfig
-) -> Terms:
-    fake_logits, fake_features = models["discriminator"](models["generator"](latent.z))
-    adversarial = dcgan_generator_loss(fake_logits)
-    info = _info_loss(models, fake_features, latent)
-    return _terms(adversarial + cfg.info_weight * info, adversarial=adversarial, mutual_information=info)
-
-
-def _entropy_loss(q_head: nn.Module, features: Tensor, noise: Tensor) -> Tensor:
-    # Atienza's entropy loss: mean squared error of the recovered noise (a unit-std Gaussian NLL up to
-    # scale and constant), averaged over dims so its size does not grow with latent_dim.
-    return F.mse_loss(q_head(features).mean, noise)
-
-
-def _stackedgan_d(
-    models: Models, real: Tensor, labels: Tensor, latent: Latent, mcfg: ModelConfig, cfg: TrainConfig
-) -> Terms:
-    _, z1, z0 = split_stacked_latent(latent.z, mcfg.latent_dim)
-    real_features = models["encoder"](real)
-    encoder = masked_cross_entropy(models["classifier"](real_features), labels)
-    real_features = real_features.detach()
-    with torch.no_grad():
-        # G0 draws on E0's real features, G1 on labels: the stages train independently (Atienza).
-        fake, fake_features = models["generator"](latent.z, features=real_features, return_features=True)
-    d1_real, _ = models["feature_discriminator"](real_features)
-    d1_fake, h1 = models["feature_discriminator"](fake_features)
-    d0_real, _ = models["discriminator"](real)
-    d0_fake, h0 = models["discriminator"](fake)
-    adversarial_features = dcgan_discriminator_loss(d1_real, d1_fake, cfg.label_smoothing)
-    adversarial = adversarial_features + dcgan_discriminator_loss(d0_real, d0_fake, cfg.label_smoothing)
-    entropy = _entropy_loss(models["feature_q_head"], h1, z1) + _entropy_loss(models["q_head"], h0, z0)
-    loss = adversarial + cfg.info_weight * entropy + encoder
-    return _terms(loss, adversarial=adversarial, entropy=entropy, encoder=encoder)
-
-
-def _stackedgan_g(
-    models: Models, real: Tensor, labels: Tensor, latent: Latent, mcfg: ModelConfig, cfg: TrainConfig
-) -> Terms:
-    _, z1, z0 = split_stacked_latent(latent.z, mcfg.latent_dim)
-    with torch.no_grad():
-        real_features = models["encoder"](real)
-    fake, fake_features = models["generator"](latent.z, features=real_features, return_features=True)
-    d1_fake, h1 = models["feature_discriminator"](fake_features)
-    d0_fake, h0 = models["discriminator"](fake)
-    adversarial = dcgan_generator_loss(d1_fake) + dcgan_generator_loss(d0_fake)
-    entropy = _entropy_loss(models["feature_q_head"], h1, z1) + _entropy_loss(models["q_head"], h0, z0)
-    # Conditional losses: G1's features must classify as the asked-for label, and G0's image must
-    # encode back to the features it was drawn from.
-    conditional_labels = F.cross_entropy(models["classifier"](fake_features), latent.labels)
-    conditional = conditional_labels + F.mse_loss(models["encoder"](fake), real_features)
-    loss = adversarial + cfg.info_weight * entropy + cfg.conditional_weight * conditional
-    return _terms(loss, adversarial=adversarial, entropy=entropy, conditional=conditional)
-
-
-_Objective = Callable[[Models, Tensor, Tensor, Latent, "ModelConfig", "TrainConfig"], Terms]
-_OBJECTIVES: dict[str, tuple[_Objective, _Objective]] = {
-    "ssgan": (_ssgan_d, _ssgan_g),
-    "dcgan": (_dcgan_d, _dcgan_g),
-    "mlp-gan": (_dcgan_d, _dcgan_g),
-    "infogan": (_infogan_d, _infogan_g),
-    "stackedgan": (_stackedgan_d, _stackedgan_g),
-}

@@ -142,7 +142,7 @@ def train_cmd(
     extra = [f"ray.address={address}"] if address else []
     cfg = _config(config, (overrides or []) + extra, dry_run)
     if no_ray:
-        from pipelines.train_local import train_local
+        from pipelines.train import train_local
 
         typer.echo(train_local(cfg, run_name))
     else:

@@ -8,7 +8,6 @@ dataset must be the version the run trained on, and the numbers go to the run (m
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from gan_models.config import Config, DataConfig
 from gan_models.data.prepare import open_verified
 from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
 from gan_models.errors import DatasetError, GanOpsError
+from gan_models.io import write_text
 from gan_models.metrics.evaluation import Evaluation, evaluate
 from pipelines.tracking import TrackingTarget, ensure_experiment, resolve_target
 
@@ -66,27 +66,18 @@ def get_finished_run(target: TrackingTarget, run_id: str) -> Any:
 
 
 def run_config(run: Any) -> Config:
-    """The resolved config the run trained with (its `config.yaml` artifact, else its params)."""
+    """The resolved config the run trained with: its `config.yaml` artifact (logged when training finished)."""
     import mlflow
     import yaml
 
     try:
         text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/config.yaml")
-        return Config.model_validate(yaml.safe_load(text))
-    except Exception:  # older runs: rebuild from the flattened params, then a resume's changed values
-        tree: dict[str, Any] = {}
-        values = dict(run.data.params) | {
-            k.removeprefix("resumed_with."): v
-            for k, v in run.data.tags.items()
-            if k.startswith("resumed_with.")
-        }
-        for key, value in values.items():
-            *parents, leaf = key.split(".")
-            node = tree
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = None if value == "None" else yaml.safe_load(value)
-        return Config.model_validate(tree)
+    except Exception as e:  # MLflow raises several types (missing artifact, unreachable store)
+        raise GanOpsError(
+            f"run {run.info.run_id} has no readable config.yaml artifact ({type(e).__name__}); "
+            "it was not finished by `ganops train`"
+        ) from None
+    return Config.model_validate(yaml.safe_load(text))
 
 
 def dataset_of_run(run: Any, trained: Config, data_root: Path) -> PreparedDataset:
@@ -165,10 +156,7 @@ def evaluate_run(
 
 def write_json(path: Path, body: dict[str, Any]) -> None:
     """Write atomically: a reader sees the old report or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(body, indent=2, sort_keys=True) + "\n")
 
 
 def evaluation_of_run(run: Any) -> tuple[dict[str, float], dict[str, str]] | None:

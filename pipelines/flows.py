@@ -1,19 +1,15 @@
 """Prefect flows: `retrain` (data -> train -> evaluate -> promote) and `sweep` (several configs, best offered).
 
-Each task is a few lines around a plain function of `pipelines/`, so everything here also runs without
-Prefect. Training is one task that runs `ganops train` (a Ray Train job) in a child process: a timeout
-kills that process (and with it the Ray driver and its workers) and ends the MLflow run FAILED. Steps
-that can fail transiently (DVC, reaching MLflow) retry with exponential backoff.
+Each task is a few lines around a plain function of `pipelines/` (data: `versioning.ensure_data`;
+training: `train.train_job`, `ganops train` in a child process; ranking: `promotion.rank`), so
+everything here also runs without Prefect. Steps that can fail transiently (DVC, reaching MLflow)
+retry with exponential backoff.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +18,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
 from gan_models.config import DEFAULT_PARAMS, Config, load_config
-from gan_models.data.prepare import content_params, prepare_dataset, prepared_path
-from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file, verify_prepared
+from gan_models.data.prepared import MANIFEST, sha256_file
 from gan_models.errors import GanOpsError
-from pipelines.tracking import (
-    TRAINING_KEY_TAG,
-    TrackingTarget,
-    ensure_experiment,
-    latest_run,
-    mark_failed,
-    resolve_target,
-    training_key,
-)
+from pipelines.tracking import ensure_experiment, finished_run, resolve_target, training_key
+from pipelines.train import run_name_for, train_job
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -60,88 +48,13 @@ TRANSIENT = {
 }
 
 
-class TrainingTimeout(GanOpsError):
-    """Training ran past `flow.train_timeout_s`; its Ray job was stopped and its MLflow run failed."""
-
-
-# Data.
-
-
-def ensure_data(cfg: Config, project: Path) -> tuple[PreparedDataset, str]:
-    """The verified prepared dataset for `cfg.data` (restored with DVC, or prepared), and its data version.
-
-    Prepared data whose recorded parameters differ from `cfg.data` is prepared again; data under the
-    project's `data/` is then versioned (`dvc add` + `dvc push`).
-    """
-    from pipelines.versioning import DATA_DIR, VersioningError, pull_data, version_data
-
-    data = cfg.data.model_copy()
-    data.root = project / data.root if not data.root.is_absolute() else data.root
-    path = prepared_path(data)
-    if not (path / MANIFEST).exists() and (project / "data.dvc").exists():
-        try:
-            pull_data(project)  # a fresh clone: restore the exact bytes from the DVC remote
-        except VersioningError:
-            pass  # nothing pushed there yet (a new machine): prepare below
-    if not (path / MANIFEST).exists() or verify_prepared(path) or not _same_params(path, data):
-        prepare_dataset(data)
-    dataset = PreparedDataset.open(path)
-    if path.resolve().is_relative_to((project / DATA_DIR).resolve()) and (project / ".dvc").is_dir():
-        return dataset, version_data(project)
-    return dataset, "unversioned"
-
-
-def _same_params(path: Path, data: Any) -> bool:
-    return json.loads((path / MANIFEST).read_text()).get("params") == content_params(data)
-
-
-# Training.
-
-
-def finished_run(target: TrackingTarget, key: str, manifest_sha256: str) -> str | None:
-    """A finished run with this training key on these data bytes, if one exists."""
-    run = latest_run(
-        target,
-        f"tags.`{TRAINING_KEY_TAG}` = '{key}' and tags.data_manifest_sha256 = '{manifest_sha256}' "
-        "and attributes.status = 'FINISHED'",
-        order_by="end_time",
-    )
-    return run.info.run_id if run else None
-
-
-def train_job(cfg: Config, project: Path, run_name: str, timeout_s: float | None) -> None:
-    """Run `ganops train` (Ray Train) in a child process, as MLflow run `run_name`.
-
-    On timeout the child's whole process group is killed: the Ray driver goes, so does its job.
-    """
-    target = resolve_target(cfg.tracking, project)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="ganops-", delete=False) as f:
-        f.write(cfg.to_yaml())
-    command = [sys.executable, "-m", "pipelines", "train", "--config", f.name, "--run-name", run_name]
-    child = subprocess.Popen(command, cwd=project, start_new_session=True)
-    try:
-        code = child.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-        error = TrainingTimeout(f"training {run_name} ran past flow.train_timeout_s={timeout_s:g}; stopped")
-        if cfg.tracking.enabled:
-            mark_failed(target, run_name, error)
-        raise error from None
-    except BaseException:  # the flow was cancelled: take the job down with it
-        os.killpg(child.pid, signal.SIGKILL)
-        raise
-    finally:
-        os.unlink(f.name)
-    if code != 0:
-        raise GanOpsError(f"training {run_name} failed (`ganops train` exited {code}); see its log above")
-
-
 # Prefect tasks: thin wrappers.
 
 
 @task(name="version-data", **TRANSIENT)
 def version_data_task(cfg: Config, project: Path) -> dict[str, str]:
+    from pipelines.versioning import ensure_data
+
     dataset, version = ensure_data(cfg, project)
     return {
         "dataset": dataset.name,
@@ -164,8 +77,7 @@ def previous_training_task(cfg: Config, project: Path, manifest_sha256: str) -> 
 
 @task(name="train")
 def train_task(cfg: Config, project: Path, data: dict[str, str], force: bool, run_name: str | None) -> str:
-    key = training_key(cfg)
-    name = run_name or f"{cfg.data.dataset}-{cfg.model.name}-{key[:8]}-{data['manifest'][:8]}"
+    name = run_name or run_name_for(cfg, data["manifest"])
     if force and run_name is None:
         name += f"-{os.urandom(3).hex()}"  # a forced retrain is a new run, not a resume of the old one
     train_job(cfg, project, name, cfg.flow.train_timeout_s)
@@ -201,7 +113,8 @@ def evaluate_task(cfg: Config, project: Path, run_id: str) -> dict[str, Any]:
 
     with StageBars() as bars:
         result = evaluate_run(run_id, cfg, project=project, progress=bars)
-    return {"metrics": result.evaluation.metrics, "report": str(result.report)}
+    evaluation = result.evaluation
+    return {"metrics": evaluation.metrics, "signature": evaluation.signature, "report": str(result.report)}
 
 
 @task(name="promote", **TRANSIENT)
@@ -284,6 +197,9 @@ def sweep(
     project: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every config of `grid` (each a Ray Train run), then offer the best for promotion."""
+    from pipelines.promotion import rank
+    from pipelines.registry import Version
+
     root = Path(project or Path.cwd()).resolve()
     base = list(overrides or [])
     configs = [
@@ -295,15 +211,13 @@ def sweep(
     for cfg, extra in zip(configs, sweep_configs(grid), strict=True):
         trained = train_or_reuse(cfg, root, data, False, None)
         evaluation = evaluate_task(cfg, root, trained["run_id"])
-        results.append({"overrides": extra, "run_id": trained["run_id"], "metrics": evaluation["metrics"]})
-    policy = configs[0].promotion
-    best = max(
-        results,
-        key=lambda r: (
-            r["metrics"].get(policy.primary_metric, float("-inf")),
-            -r["metrics"][policy.fd_metric],
-        ),
-    )
+        results.append({"overrides": extra, "run_id": trained["run_id"], **evaluation})
+    # The policy that guards the champion also picks the sweep's candidate.
+    candidates = [
+        Version("sweep", r["run_id"], r["run_id"], r["signature"], r["metrics"], {}) for r in results
+    ]
+    best_id = rank(candidates, configs[0].promotion)[0].run_id
+    best = next(r for r in results if r["run_id"] == best_id)
     promotion = promote_task(configs[0], root, best["run_id"])
     table = "\n".join(
         f"| {' '.join(r['overrides'])} | `{r['run_id']}` | "

@@ -23,36 +23,40 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gan_models.config import ModelConfig
-from gan_models.nets import build_models, sample_latent
+from gan_models.io import write_text
+from gan_models.nets import ModelOptions, build_models, family, parse_options, sample_latent
 from gan_models.training.batches import to_float, to_uint8
 
 SPEC = "spec.json"
 WEIGHTS = "weights.safetensors"
-CLASSIFIER_NETS = {"ssgan": ("discriminator",), "stackedgan": ("encoder", "classifier")}
 # What a packaged model needs at load time (recorded instead of MLflow's slow requirement inference).
 REQUIREMENTS = ("torch", "numpy", "safetensors", "pydantic", "pyyaml")
 
 
-def networks(kind: str, model_name: str) -> tuple[str, ...]:
-    """The networks a `kind` ("generator" or "classifier") model of family `model_name` is made of."""
+def kinds(options: ModelOptions) -> list[str]:
+    """The models a run of this family publishes: its generator, and its classifier if it has one."""
+    return ["generator"] + (["classifier"] if family(options).has_classifier else [])
+
+
+def networks(kind: str, options: ModelOptions) -> tuple[str, ...]:
+    """The networks a `kind` ("generator" or "classifier") model of this family is made of."""
     if kind == "generator":
         return ("generator",)
-    if kind == "classifier" and model_name in CLASSIFIER_NETS:
-        return CLASSIFIER_NETS[model_name]
-    raise ValueError(f"model.name={model_name!r} has no {kind}")
+    if kind == "classifier" and family(options).has_classifier:
+        return family(options).classifier
+    raise ValueError(f"model.name={options.name!r} has no {kind}")
 
 
 def save_package(
     path: Path,
     kind: str,
-    model_cfg: ModelConfig,
+    model_cfg: ModelOptions,
     image_shape: tuple[int, int, int],
     num_classes: int,
     nets: dict[str, nn.Module],
 ) -> Path:
     """Write `spec.json` and `weights.safetensors` for the networks of `kind` into `path`."""
-    names = networks(kind, model_cfg.name)
+    names = networks(kind, model_cfg)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     spec = {
@@ -62,7 +66,7 @@ def save_package(
         "num_classes": num_classes,
         "networks": list(names),
     }
-    (path / SPEC).write_text(json.dumps(spec, indent=2))
+    write_text(path / SPEC, json.dumps(spec, indent=2))
     tensors = {
         f"{name}.{key}": t.detach().cpu().contiguous()
         for name in names
@@ -78,7 +82,7 @@ class PackagedModel:
     def __init__(self, path: Path) -> None:
         spec = json.loads((Path(path) / SPEC).read_text())
         self.kind: str = spec["kind"]
-        self.model_cfg = ModelConfig.model_validate(spec["model"])
+        self.model_cfg = parse_options(spec["model"])
         self.image_shape = tuple(spec["image_shape"])
         self.num_classes: int = spec["num_classes"]
         built = build_models(self.model_cfg, self.image_shape, self.num_classes)
@@ -115,10 +119,9 @@ class PackagedModel:
     def classify(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, K), float32, of uint8 images (N, H, W, C)."""
         x = to_float(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
-        if "encoder" in self.nets:
-            logits = self.nets["classifier"](self.nets["encoder"](x))
-        else:
-            logits, _ = self.nets["discriminator"](x)
+        classify = family(self.model_cfg).classify
+        assert classify is not None  # a classifier package exists only for families that classify
+        logits = classify(self.nets, x)
         return logits.softmax(1).numpy().astype(np.float32)
 
 
@@ -129,7 +132,7 @@ def _load_pyfunc(data_path: str) -> PackagedModel:
 
 def log_model(
     kind: str,
-    model_cfg: ModelConfig,
+    model_cfg: ModelOptions,
     image_shape: tuple[int, int, int],
     num_classes: int,
     averaged: Callable[[str], nn.Module],
@@ -139,7 +142,7 @@ def log_model(
     import mlflow
     from mlflow.models import infer_signature
 
-    names = networks(kind, model_cfg.name)
+    names = networks(kind, model_cfg)
     package = save_package(
         workdir / kind, kind, model_cfg, image_shape, num_classes, {n: averaged(n).cpu() for n in names}
     )

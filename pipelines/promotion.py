@@ -97,6 +97,25 @@ def decide(candidate: Version, champion: Version | None, policy: PromotionConfig
     )
 
 
+def rank(candidates: list[Version], policy: PromotionConfig) -> list[Version]:
+    """`candidates` best first, by the same rule that guards the champion (`decide`).
+
+    The best is found as a champion would be: the first candidate holds the title, and each later one
+    takes it only if `decide` would promote it over the holder; the rest are ranked the same way. So
+    the first of the list is a candidate the policy would keep, never one it would reject (a worse FD
+    beyond the tolerance, or a different evaluation signature).
+    """
+    remaining, ranked = list(candidates), []
+    while remaining:
+        best = remaining[0]
+        for challenger in remaining[1:]:
+            if decide(challenger, best, policy).promote:
+                best = challenger
+        ranked.append(best)
+        remaining.remove(best)
+    return ranked
+
+
 @dataclass
 class Promotion:
     name: str

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -169,9 +168,9 @@ def promotion_lock(uri: str, name: str, lock_dir: Path | None) -> Iterator[None]
     """Serialise promotions of `name` in store `uri` (across processes sharing `lock_dir`)."""
     from filelock import FileLock
 
-    from gan_models.data.sources import CACHE_ENV
+    from gan_models.io import cache_root
 
-    base = lock_dir or Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "ganops")) / "locks"
+    base = lock_dir or cache_root() / "locks"
     base.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(f"{uri}\n{name}".encode()).hexdigest()[:16]
     with FileLock(str(base / f"promote-{key}.lock"), timeout=600):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from gan_models.config import Config
+from gan_models.io import write_with
 from pipelines.registry import Registry, RegistryError, parse_model_ref
 from pipelines.tracking import resolve_target
 
@@ -51,9 +51,5 @@ def sample(ref: str, n: int, out: Path, cfg: Config, seed: int = 0) -> Path:
     mlflow.set_registry_uri(target.uri)
     images = mlflow.pyfunc.load_model(uri).predict(np.arange(seed, seed + n, dtype=np.int64))
     picture = grid(np.asarray(images, dtype=np.uint8))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
-    Image.fromarray(picture.squeeze(-1) if picture.shape[-1] == 1 else picture).save(tmp, format="PNG")
-    os.replace(tmp, out)
-    return out
+    image = Image.fromarray(picture.squeeze(-1) if picture.shape[-1] == 1 else picture)
+    return write_with(out, lambda tmp: image.save(tmp, format="PNG"))

@@ -117,6 +117,17 @@ def find_run(target: TrackingTarget, run_name: str, unfinished: bool = False) ->
     return run.info.run_id
 
 
+def finished_run(target: TrackingTarget, key: str, manifest_sha256: str) -> str | None:
+    """A finished run with this training key on these data bytes, if one exists."""
+    run = latest_run(
+        target,
+        f"tags.`{TRAINING_KEY_TAG}` = '{key}' and tags.data_manifest_sha256 = '{manifest_sha256}' "
+        "and attributes.status = 'FINISHED'",
+        order_by="end_time",
+    )
+    return run.info.run_id if run else None
+
+
 def source_tags(dataset: PreparedDataset, repo: Path) -> dict[str, str]:
     """Data version (DVC md5 in data.dvc, else "unversioned"), the dataset's manifest digest, git commit."""
     from pipelines.versioning import DATA_DIR, VersioningError, data_version
@@ -230,14 +241,13 @@ class RunTracker:
         """Loss curves, the final models (generator, classifier), and status FINISHED."""
         import mlflow
 
-        from pipelines.model_packaging import CLASSIFIER_NETS, log_model
+        from pipelines.model_packaging import kinds, log_model
 
         mlflow.log_figure(self._loss_figure(), "loss_curves.png")
         mlflow.log_text(cfg.to_yaml(), "config.yaml")  # the resolved config that finished the training
         if cfg.tracking.log_models:
-            kinds = ["generator"] + (["classifier"] if cfg.model.name in CLASSIFIER_NETS else [])
             with tempfile.TemporaryDirectory(prefix="ganops-models-") as workdir:
-                for kind in kinds:
+                for kind in kinds(cfg.model):
                     log_model(
                         kind,
                         cfg.model,

@@ -1,10 +1,12 @@
-"""DVC glue: version `data/` with `data.dvc`, push it to the remote, read the data version back.
+"""DVC glue: version `data/` with `data.dvc`, push it to the remote, read the data version back, and
+the policy that gives a run its data (`ensure_data`: restore with DVC, else prepare).
 
 DVC is driven through its command line (its stable interface), in the project's own interpreter.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +14,9 @@ from pathlib import Path
 
 import yaml
 
+from gan_models.config import Config, DataConfig
+from gan_models.data.prepare import content_params, prepare_dataset, prepared_path
+from gan_models.data.prepared import MANIFEST, PreparedDataset, verify_prepared
 from gan_models.errors import GanOpsError
 
 DATA_DIR = "data"
@@ -69,3 +74,29 @@ def pull_data(repo: Path) -> str:
     configure_remote(repo)
     run_dvc(repo, "pull", DVC_FILE)
     return data_version(repo)
+
+
+def ensure_data(cfg: Config, project: Path) -> tuple[PreparedDataset, str]:
+    """The verified prepared dataset for `cfg.data` (restored with DVC, or prepared), and its data version.
+
+    Prepared data whose recorded parameters differ from `cfg.data` is prepared again; data under the
+    project's `data/` is then versioned (`dvc add` + `dvc push`).
+    """
+    data = cfg.data.model_copy()
+    data.root = project / data.root if not data.root.is_absolute() else data.root
+    path = prepared_path(data)
+    if not (path / MANIFEST).exists() and (project / DVC_FILE).exists():
+        try:
+            pull_data(project)  # a fresh clone: restore the exact bytes from the DVC remote
+        except VersioningError:
+            pass  # nothing pushed there yet (a new machine): prepare below
+    if not (path / MANIFEST).exists() or verify_prepared(path) or not _same_params(path, data):
+        prepare_dataset(data)
+    dataset = PreparedDataset.open(path)
+    if path.resolve().is_relative_to((project / DATA_DIR).resolve()) and (project / ".dvc").is_dir():
+        return dataset, version_data(project)
+    return dataset, "unversioned"
+
+
+def _same_params(path: Path, data: DataConfig) -> bool:
+    return json.loads((path / MANIFEST).read_text()).get("params") == content_params(data)

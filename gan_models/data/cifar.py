@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gan_models.data.sources import Progress, RawDataset, cache_dir, md5_file, require_files, source_dir
+from gan_models.data.sources import RawDataset, cache_dir, md5_file, require_files, source_dir
 from gan_models.errors import DatasetError
+from gan_models.io import Progress
 
 if TYPE_CHECKING:
     from gan_models.config import DataConfig

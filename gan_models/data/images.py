@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gan_models.data.sources import Progress, RawDataset, md5_file, source_dir
+from gan_models.data.sources import RawDataset, md5_file, source_dir
 from gan_models.errors import DatasetError
+from gan_models.io import Progress
 
 if TYPE_CHECKING:
     from PIL import Image

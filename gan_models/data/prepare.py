@@ -6,8 +6,9 @@ from pathlib import Path
 
 from gan_models.config import DataConfig
 from gan_models.data.prepared import PreparedDataset, verify_prepared, write_prepared
-from gan_models.data.sources import Progress, load_source
+from gan_models.data.sources import load_source
 from gan_models.errors import DatasetError
+from gan_models.io import Progress
 
 # Keys that say where things are, not what the bytes are: left out of the manifest so that the same
 # data prepared on another machine hashes the same.

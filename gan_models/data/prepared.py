@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 
 from gan_models.data.sources import RawDataset
 from gan_models.errors import DatasetError
+from gan_models.io import atomic_dir, atomic_write, write_text
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -59,10 +58,8 @@ def label_split(labels: np.ndarray, num_classes: int, per_class: int, seed: int)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
+    with atomic_write(path) as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def write_prepared(
@@ -86,11 +83,7 @@ def write_prepared(
         labeled_idx = label_split(raw.splits["train"][1], num_classes, labels_per_class, label_seed)
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out_dir) as tmp:
         splits: dict[str, Any] = {}
         for i, (split, (images, labels)) in enumerate(raw.splits.items()):
             if progress:
@@ -126,25 +119,8 @@ def write_prepared(
             "params": params,
             "files": files,
         }
-        with open(tmp / MANIFEST, "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return PreparedDataset.open(out_dir)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap `new` into place of `target` with renames, so no partial directory is ever visible."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def verify_prepared(path: Path) -> list[str]:

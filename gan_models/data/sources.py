@@ -16,15 +16,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gan_models.errors import DatasetError
+from gan_models.io import Progress, cache_root
 
 if TYPE_CHECKING:
     from gan_models.config import DataConfig
 
-Progress = Callable[[str, int, int], None]
-"""progress(stage, done, total): called while a loader works, so a CLI can draw a bar."""
 
 SOURCE_ROOT_ENV = "GANOPS_SOURCE_ROOT"
-CACHE_ENV = "GANOPS_CACHE"
 
 
 @dataclass
@@ -48,8 +46,7 @@ def md5_file(path: Path, chunk: int = 1 << 22) -> str:
 
 def cache_dir(name: str) -> Path:
     """Where downloads land: outside `data/`, so raw sources are never versioned with prepared data."""
-    base = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "ganops"))
-    return base / "sources" / name
+    return cache_root() / "sources" / name
 
 
 def source_dir(cfg: DataConfig, name: str, candidates: list[str]) -> Path:

@@ -7,7 +7,6 @@ so the real and the synthetic data share one code path.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gan_models.data.sources import (
-    Progress,
     RawDataset,
     cache_dir,
     md5_file,
@@ -24,6 +22,7 @@ from gan_models.data.sources import (
     source_dir,
 )
 from gan_models.errors import DatasetError
+from gan_models.io import Progress, atomic_write
 
 if TYPE_CHECKING:
     from gan_models.config import DataConfig
@@ -69,17 +68,10 @@ def write_svhn_mat(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
 
     y = labels.astype(np.uint8).reshape(-1, 1)
     y[y == 0] = 10
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            savemat(f, {"X": images.transpose(1, 2, 3, 0), "y": y}, format="5", do_compression=False)
-            f.seek(0)
-            f.write(_HEADER_TEXT.ljust(116, b" "))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        savemat(f, {"X": images.transpose(1, 2, 3, 0), "y": y}, format="5", do_compression=False)
+        f.seek(0)
+        f.write(_HEADER_TEXT.ljust(116, b" "))
 
 
 def _download_svhn(folder: Path, splits: list[str]) -> None:

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,13 +34,14 @@ from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from gan_models import io
 from gan_models.data.prepared import PreparedDataset
+from gan_models.io import Progress, atomic_dir, write_text
 from gan_models.metrics.accuracy import classifier_accuracy
-from gan_models.metrics.feature_cache import dataset_version, default_cache_root
+from gan_models.metrics.feature_cache import dataset_version
 from gan_models.metrics.frechet import MetricError
 from gan_models.training.batches import to_float
 
-Progress = Callable[[str, int, int], None]
 """progress(stage, done, total), as the data loaders report it."""
 
 # Bump when the network or the training procedure changes in a way the spec does not capture: cached
@@ -245,7 +245,7 @@ def _train(
 
 
 def classifier_dir(dataset: PreparedDataset, spec: ClassifierSpec, cache_root: Path | None = None) -> Path:
-    root = cache_root or default_cache_root()
+    root = cache_root or io.cache_root()
     return root / "eval-classifiers" / f"{dataset_version(dataset)}-{spec.digest()}"
 
 
@@ -281,10 +281,7 @@ def _train_and_store(
         report = classifier_accuracy(network, eval_images, eval_labels, dataset.class_names, device=device)
 
     # Store: a temporary directory renamed into place, so a reader never sees half an entry.
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(target) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"arch_version": str(ARCH_VERSION)})
         info = {
@@ -305,15 +302,7 @@ def _train_and_store(
             "torch": torch.__version__,
             "weights_sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest(),
         }
-        with open(tmp / SPEC, "w") as f:
-            json.dump(info, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_text(tmp / SPEC, json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
 def _load(path: Path, device: torch.device) -> DomainClassifier:

@@ -25,6 +25,7 @@ import torch
 from gan_models.config import EvaluateConfig
 from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import GanOpsError
+from gan_models.io import Progress
 from gan_models.metrics.distribution import distribution_metrics
 from gan_models.metrics.features import FeatureExtractor
 
@@ -33,7 +34,6 @@ EVAL_VERSION = "1"
 
 Generate = Callable[[np.ndarray], np.ndarray]  # int64 seeds (N,) -> uint8 images (N, H, W, C)
 Classify = Callable[[np.ndarray], np.ndarray]  # uint8 images (N, H, W, C) -> class probabilities (N, K)
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass

@@ -13,20 +13,15 @@ weights get a new path.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
+from gan_models import io
 from gan_models.data.prepared import MANIFEST, PreparedDataset
-from gan_models.data.sources import CACHE_ENV
+from gan_models.io import atomic_write
 from gan_models.metrics.features import FeatureExtractor
 from gan_models.metrics.frechet import MetricError
-
-
-def default_cache_root() -> Path:
-    """$GANOPS_CACHE, else ~/.cache/ganops; read at call time so tests and users can redirect it."""
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "ganops"))
 
 
 def dataset_version(dataset: PreparedDataset) -> str:
@@ -44,16 +39,8 @@ def subset_indices(total: int, count: int, seed: int) -> np.ndarray:
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
     """Write `array` to `path` through a temporary file and a rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def real_features_path(
@@ -83,7 +70,7 @@ def real_features(
             f"asked for {count} real images from the {split!r} split of {dataset.name!r}, which holds "
             f"{len(images)}; use a count between 1 and {len(images)}"
         )
-    path = real_features_path(dataset, split, extractor, count, seed, cache_root or default_cache_root())
+    path = real_features_path(dataset, split, extractor, count, seed, cache_root or io.cache_root())
     if path.is_file():
         try:
             cached = np.load(path, allow_pickle=False)

@@ -7,9 +7,17 @@ and D0) reuse these stacks.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
+import torch
 from torch import Tensor, nn
 
+from gan_models.losses import dcgan_discriminator_loss, dcgan_generator_loss
+from gan_models.nets.family import Family, Latent, ModelOptions, Models, Terms, terms, unsupported
 from gan_models.nets.layers import ImageShape, MinibatchDiscrimination, init_dcgan_weights
+
+if TYPE_CHECKING:
+    from gan_models.config import TrainConfig
 
 # Image side -> side of the smallest feature map (the generator's first, the discriminator's last).
 BASE_SIDE = {28: 7, 32: 4, 64: 4}
@@ -107,3 +115,47 @@ class DCGANDiscriminator(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         features = self.trunk(x)
         return self.head(self.minibatch(features)).squeeze(1), features
+
+
+def check_conv_shape(name: str, image_shape: ImageShape) -> None:
+    """The conv stacks above take square images of the sides in BASE_SIDE."""
+    _, h, w = image_shape
+    if h != w or h not in SUPPORTED_SIDES:
+        raise unsupported(name, image_shape, f"square sides {', '.join(map(str, SUPPORTED_SIDES))}")
+
+
+# The family: non-saturating loss on a single logit (also the MLP GAN's objectives).
+
+
+class DCGANOptions(ModelOptions):
+    name: Literal["dcgan"] = "dcgan"
+
+
+def build(options: DCGANOptions, image_shape: ImageShape, num_classes: int) -> Models:
+    check_conv_shape(options.name, image_shape)
+    return {
+        "generator": DCGANGenerator(options.latent_dim, image_shape, options.g_features),
+        "discriminator": DCGANDiscriminator(image_shape, options.d_features, options.minibatch),
+    }
+
+
+def discriminator_objective(
+    models: Models, real: Tensor, labels: Tensor, latent: Latent, options: ModelOptions, cfg: TrainConfig
+) -> Terms:
+    with torch.no_grad():
+        fake = models["generator"](latent.z)
+    real_logits, _ = models["discriminator"](real)
+    fake_logits, _ = models["discriminator"](fake)
+    loss = dcgan_discriminator_loss(real_logits, fake_logits, cfg.label_smoothing)
+    return terms(loss, adversarial=loss)
+
+
+def generator_objective(
+    models: Models, real: Tensor, labels: Tensor, latent: Latent, options: ModelOptions, cfg: TrainConfig
+) -> Terms:
+    fake_logits, _ = models["discriminator"](models["generator"](latent.z))
+    loss = dcgan_generator_loss(fake_logits)
+    return terms(loss, adversarial=loss)
+
+
+FAMILY = Family("dcgan", DCGANOptions, build, discriminator_objective, generator_objective)

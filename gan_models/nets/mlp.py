@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor, nn
 
+from gan_models.nets import dcgan
+from gan_models.nets.family import Family, ModelOptions, Models, unsupported
 from gan_models.nets.layers import ImageShape, MinibatchDiscrimination, image_numel, init_dcgan_weights
+
+MAX_NUMEL = 3 * 64 * 64  # dense layers on larger images grow past what this family is for
 
 
 class MLPGenerator(nn.Module):
@@ -59,3 +65,20 @@ class MLPDiscriminator(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         features = self.trunk(x)
         return self.head(self.minibatch(features)).squeeze(1), features
+
+
+class MLPGANOptions(ModelOptions):
+    name: Literal["mlp-gan"] = "mlp-gan"
+
+
+def build(options: MLPGANOptions, image_shape: ImageShape, num_classes: int) -> Models:
+    if image_numel(image_shape) > MAX_NUMEL:
+        raise unsupported(options.name, image_shape, f"any shape with at most {MAX_NUMEL} values")
+    return {
+        "generator": MLPGenerator(options.latent_dim, image_shape, options.g_features),
+        "discriminator": MLPDiscriminator(image_shape, options.d_features, options.minibatch),
+    }
+
+
+# The DCGAN objectives: they only need a generator and a single-logit discriminator.
+FAMILY = Family("mlp-gan", MLPGANOptions, build, dcgan.discriminator_objective, dcgan.generator_objective)

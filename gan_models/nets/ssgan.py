@@ -12,10 +12,33 @@ here), and for 28x28 (MNIST) an MLP with Gaussian noise on every layer's input. 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from gan_models.losses import (
+    feature_matching_loss,
+    masked_accuracy,
+    ssgan_discriminator_loss,
+    ssgan_generator_loss,
+)
+from gan_models.nets.dcgan import DCGANGenerator
+from gan_models.nets.family import (
+    Family,
+    Latent,
+    ModelOptions,
+    Models,
+    Terms,
+    require_classes,
+    terms,
+    unsupported,
+)
 from gan_models.nets.layers import GaussianNoise, ImageShape, MinibatchDiscrimination, image_numel, wn
+
+if TYPE_CHECKING:
+    from gan_models.config import TrainConfig
 
 # improved-gan's MNIST discriminator widths and noise levels.
 MLP_HIDDEN = (1000, 500, 250, 250, 250)
@@ -154,3 +177,102 @@ class SSGANMLPGenerator(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
+
+
+# The family.
+
+
+class SSGANOptions(ModelOptions):
+    name: Literal["ssgan"] = "ssgan"
+    d_input_dropout: float = Field(0.2, ge=0, lt=1, description="dropout on the conv D's input images")
+    d_dropout: float = Field(0.5, ge=0, lt=1, description="dropout after each conv D's stride-2 block")
+
+
+def build(options: SSGANOptions, image_shape: ImageShape, num_classes: int) -> Models:
+    require_classes(options.name, num_classes)
+    _, h, w = image_shape
+    if (h, w) == (28, 28):
+        return {
+            "generator": SSGANMLPGenerator(options.latent_dim, image_shape),
+            "discriminator": SSGANMLPDiscriminator(image_shape, num_classes, options.minibatch),
+        }
+    if h == w and h in (32, 64):
+        return {
+            "generator": DCGANGenerator(options.latent_dim, image_shape, options.g_features),
+            "discriminator": SSGANConvDiscriminator(
+                image_shape,
+                num_classes,
+                options.d_features,
+                options.d_input_dropout,
+                options.d_dropout,
+                options.minibatch,
+            ),
+        }
+    raise unsupported(options.name, image_shape, "square sides 28 (MLP nets), 32, 64")
+
+
+def discriminator_objective(
+    models: Models, real: Tensor, labels: Tensor, latent: Latent, options: SSGANOptions, cfg: TrainConfig
+) -> Terms:
+    with torch.no_grad():
+        fake = models["generator"](latent.z)
+    # improved-gan scores labelled and unlabelled batches separately; here both are `real` (labels -1
+    # for the unlabelled part), and every real image also counts as unlabelled data. One pass over
+    # real and fake together when each example's output is its own (no batch norm, no minibatch
+    # discrimination): it halves the weight-norm and cast work and gives the matmuls larger batches.
+    discriminator = models["discriminator"]
+    if getattr(discriminator, "module", discriminator).mixes_examples:  # `.module` under DDP
+        logits_real, _ = discriminator(real)
+        logits_fake, _ = discriminator(fake)
+    else:
+        logits, _ = discriminator(torch.cat([real, fake.to(real.dtype)]))
+        logits_real, logits_fake = logits.split([len(real), len(fake)])
+    supervised, unsupervised = ssgan_discriminator_loss(
+        logits_real, labels, logits_real, logits_fake, cfg.label_smoothing
+    )
+    accuracy, _ = masked_accuracy(logits_real, labels)
+    return terms(
+        supervised + cfg.unlabeled_weight * unsupervised,
+        supervised=supervised,
+        unsupervised=unsupervised,
+        accuracy=accuracy,
+    )
+
+
+def generator_objective(
+    models: Models, real: Tensor, labels: Tensor, latent: Latent, options: SSGANOptions, cfg: TrainConfig
+) -> Terms:
+    fake = models["generator"](latent.z)
+    logits_fake, fake_features = models["discriminator"](fake)
+    if not cfg.feature_matching:
+        loss = ssgan_generator_loss(logits_fake)
+        return terms(loss, adversarial=loss)
+    # The target is the unlabelled real batch (labels -1), as in improved-gan: it skips a third of
+    # this step's discriminator forward work. `all` adds the labelled batch, which was steadier across
+    # seeds on MNIST with 100 labels (benchmarks/RESULTS.md). Fully labelled batches match all.
+    unlabeled = labels < 0
+    if cfg.feature_matching_target == "unlabeled" and bool(unlabeled.any()):
+        target = real[unlabeled]
+    else:
+        target = real
+    with torch.no_grad():
+        _, real_features = models["discriminator"](target)
+    loss = feature_matching_loss(real_features, fake_features)
+    return terms(loss, feature_matching=loss)
+
+
+def classify(models: Models, images: Tensor) -> Tensor:
+    logits, _ = models["discriminator"](images)
+    return logits
+
+
+FAMILY = Family(
+    "ssgan",
+    SSGANOptions,
+    build,
+    discriminator_objective,
+    generator_objective,
+    classifier=("discriminator",),
+    classify=classify,
+    needs_labeled_batch=True,
+)

@@ -9,11 +9,30 @@ give back f1. The generator input z is [one-hot label, z1, z0], with z1 and z0 o
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 import torch
+import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
-from gan_models.nets.dcgan import DCGANGenerator, discriminator_trunk
+from gan_models.losses import dcgan_discriminator_loss, dcgan_generator_loss, masked_cross_entropy
+from gan_models.nets.dcgan import DCGANDiscriminator, DCGANGenerator, check_conv_shape, discriminator_trunk
+from gan_models.nets.family import (
+    Draws,
+    Family,
+    Latent,
+    ModelOptions,
+    Models,
+    Terms,
+    require_classes,
+    terms,
+)
+from gan_models.nets.infogan import QHead
 from gan_models.nets.layers import ImageShape, init_dcgan_weights
+
+if TYPE_CHECKING:
+    from gan_models.config import TrainConfig
 
 
 def split_stacked_latent(z: Tensor, latent_dim: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -116,3 +135,103 @@ class FeatureDiscriminator(nn.Module):
     def forward(self, f: Tensor) -> tuple[Tensor, Tensor]:
         h = self.trunk(f)
         return self.head(h).squeeze(1), h
+
+
+# The family.
+
+
+class StackedGANOptions(ModelOptions):
+    name: Literal["stackedgan"] = "stackedgan"
+    stacked_feature_dim: int = Field(256, gt=0, description="the intermediate feature f1 between the stages")
+
+
+def input_dim(options: StackedGANOptions, num_classes: int) -> int:
+    return num_classes + 2 * options.latent_dim
+
+
+def sample_latent(options: StackedGANOptions, draws: Draws, num_classes: int) -> Latent:
+    """[one-hot class, z1, z0], the noise N(0, I)."""
+    classes = draws.labels(num_classes)
+    z = torch.cat([F.one_hot(classes, num_classes).float(), draws.normal(2 * options.latent_dim)], dim=1)
+    return Latent(z, classes)
+
+
+def build(options: StackedGANOptions, image_shape: ImageShape, num_classes: int) -> Models:
+    check_conv_shape(options.name, image_shape)
+    require_classes(options.name, num_classes)
+    fdim, hidden = options.stacked_feature_dim, 8 * options.d_features
+    discriminator = DCGANDiscriminator(image_shape, options.d_features, options.minibatch)
+    feature_discriminator = FeatureDiscriminator(fdim, hidden)
+    return {
+        "generator": StackedGenerator(num_classes, options.latent_dim, image_shape, options.g_features, fdim),
+        "discriminator": discriminator,
+        "feature_discriminator": feature_discriminator,
+        "q_head": QHead(discriminator.feature_dim, 0, options.latent_dim, learn_std=False),
+        "feature_q_head": QHead(feature_discriminator.feature_dim, 0, options.latent_dim, learn_std=False),
+        "encoder": FeatureEncoder(image_shape, options.d_features, fdim),
+        "classifier": FeatureClassifier(fdim, num_classes),
+    }
+
+
+def _entropy_loss(q_head: nn.Module, features: Tensor, noise: Tensor) -> Tensor:
+    # Atienza's entropy loss: mean squared error of the recovered noise (a unit-std Gaussian NLL up to
+    # scale and constant), averaged over dims so its size does not grow with latent_dim.
+    return F.mse_loss(q_head(features).mean, noise)
+
+
+def discriminator_objective(
+    models: Models, real: Tensor, labels: Tensor, latent: Latent, options: StackedGANOptions, cfg: TrainConfig
+) -> Terms:
+    _, z1, z0 = split_stacked_latent(latent.z, options.latent_dim)
+    real_features = models["encoder"](real)
+    encoder = masked_cross_entropy(models["classifier"](real_features), labels)
+    real_features = real_features.detach()
+    with torch.no_grad():
+        # G0 draws on E0's real features, G1 on labels: the stages train independently (Atienza).
+        fake, fake_features = models["generator"](latent.z, features=real_features, return_features=True)
+    d1_real, _ = models["feature_discriminator"](real_features)
+    d1_fake, h1 = models["feature_discriminator"](fake_features)
+    d0_real, _ = models["discriminator"](real)
+    d0_fake, h0 = models["discriminator"](fake)
+    adversarial_features = dcgan_discriminator_loss(d1_real, d1_fake, cfg.label_smoothing)
+    adversarial = adversarial_features + dcgan_discriminator_loss(d0_real, d0_fake, cfg.label_smoothing)
+    entropy = _entropy_loss(models["feature_q_head"], h1, z1) + _entropy_loss(models["q_head"], h0, z0)
+    loss = adversarial + cfg.info_weight * entropy + encoder
+    return terms(loss, adversarial=adversarial, entropy=entropy, encoder=encoder)
+
+
+def generator_objective(
+    models: Models, real: Tensor, labels: Tensor, latent: Latent, options: StackedGANOptions, cfg: TrainConfig
+) -> Terms:
+    _, z1, z0 = split_stacked_latent(latent.z, options.latent_dim)
+    with torch.no_grad():
+        real_features = models["encoder"](real)
+    fake, fake_features = models["generator"](latent.z, features=real_features, return_features=True)
+    d1_fake, h1 = models["feature_discriminator"](fake_features)
+    d0_fake, h0 = models["discriminator"](fake)
+    adversarial = dcgan_generator_loss(d1_fake) + dcgan_generator_loss(d0_fake)
+    entropy = _entropy_loss(models["feature_q_head"], h1, z1) + _entropy_loss(models["q_head"], h0, z0)
+    # Conditional losses: G1's features must classify as the asked-for label, and G0's image must
+    # encode back to the features it was drawn from.
+    conditional_labels = F.cross_entropy(models["classifier"](fake_features), latent.labels)
+    conditional = conditional_labels + F.mse_loss(models["encoder"](fake), real_features)
+    loss = adversarial + cfg.info_weight * entropy + cfg.conditional_weight * conditional
+    return terms(loss, adversarial=adversarial, entropy=entropy, conditional=conditional)
+
+
+def classify(models: Models, images: Tensor) -> Tensor:
+    return models["classifier"](models["encoder"](images))
+
+
+FAMILY = Family(
+    "stackedgan",
+    StackedGANOptions,
+    build,
+    discriminator_objective,
+    generator_objective,
+    sample_latent=sample_latent,
+    input_dim=input_dim,
+    classifier=("encoder", "classifier"),
+    classify=classify,
+    grid_classes=lambda options, num_classes: num_classes,
+)

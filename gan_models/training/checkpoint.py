@@ -1,21 +1,28 @@
 """Training checkpoints: complete, versioned, written atomically, never holding non-finite values.
 
 A checkpoint is one `torch.save`d dict of plain containers and tensors (loadable with
-`weights_only=True`): network and EMA weights, optimizer and scheduler states, step and epoch, every RNG
-state, the position in the data order, the resolved config and its hash, and a format version.
+`weights_only=True`). `TrainState.state_dict` is its only writer and `TrainState.load_state_dict` its
+only reader, and every field written is read back: network, EMA and historical-average weights, both
+optimizers, step, epoch and history, the resolved config, data shape and class count (which a resume
+checks), the launcher's `extra` state, and a format version. Nothing else is needed to continue exactly:
+checkpoints are taken at epoch ends, and each epoch's data order, noise, dropout and learning rate are
+functions of (config, rank, epoch) alone (`gan_models.training.loop`).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from gan_models.errors import GanOpsError
+from gan_models.io import atomic_write
+from gan_models.tricks import EMA, HistoricalAveraging
 
 FORMAT_VERSION = 1
 # Config sections whose change makes old weights meaningless for the new run.
@@ -40,7 +47,8 @@ def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
 def non_finite_entries(state: dict[str, Any]) -> list[str]:
     """Names of floating-point tensors (and floats) in `state` that hold NaN or infinity."""
     bad = [name for name, t in _tensors(state) if t.is_floating_point() and not torch.isfinite(t).all()]
-    bad += [k for k, v in state.get("metrics", {}).items() if isinstance(v, float) and not math.isfinite(v)]
+    last = state["history"][-1] if state.get("history") else {}
+    bad += [f"history.{k}" for k, v in last.items() if isinstance(v, float) and not math.isfinite(v)]
     return bad
 
 
@@ -53,22 +61,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     bad = non_finite_entries(state)
     if bad:
         raise CheckpointError(f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_write(path) as f:
+        torch.save({"format_version": FORMAT_VERSION, **state}, f)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -99,7 +93,73 @@ def check_compatible(state: dict[str, Any], config: dict[str, Any], source: str)
         ]
     if state.get("data_shape") is not None and config.get("_data_shape") not in (None, state["data_shape"]):
         diffs.append(f"data shape: checkpoint {state['data_shape']}, dataset {config['_data_shape']}")
+    if state.get("num_classes") is not None and config.get("_num_classes") not in (
+        None,
+        state["num_classes"],
+    ):
+        diffs.append(f"classes: checkpoint {state['num_classes']}, dataset {config['_num_classes']}")
     if diffs:
         raise CheckpointError(
             f"cannot resume from {source}: the config changes the architecture:\n  " + "\n  ".join(diffs)
         )
+
+
+def read_resume_info(path: Path) -> tuple[int, dict[str, Any]]:
+    """(epochs done, the launcher's extra state) of the checkpoint at `path`; (0, {}) without one."""
+    if not Path(path).exists():
+        return 0, {}
+    state = load_checkpoint(path)
+    return int(state["epoch"]), dict(state.get("extra", {}))
+
+
+@dataclass
+class TrainState:
+    """Everything a training run carries from one epoch to the next: what a checkpoint holds."""
+
+    models: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]  # "g" and "d"
+    ema: dict[str, EMA] = field(default_factory=dict)
+    averaging: dict[str, HistoricalAveraging] = field(default_factory=dict)
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed (per rank)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def state_dict(
+        self, config: dict[str, Any], data_shape: tuple[int, ...], num_classes: int, extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "config": config,
+            "data_shape": list(data_shape),
+            "num_classes": num_classes,
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history,
+            "models": {n: m.state_dict() for n, m in self.models.items()},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "ema": {n: e.state_dict() for n, e in self.ema.items()},
+            "historical_averaging": {n: h.state_dict() for n, h in self.averaging.items()},
+            "extra": extra,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str) -> None:
+        """Restore from `state` (checked with `check_compatible` first); tricks must match the checkpoint's."""
+        for kind, mine, saved in (
+            ("train.ema_decay", self.ema, state["ema"]),
+            ("train.historical_averaging", self.averaging, state["historical_averaging"]),
+        ):
+            if set(mine) != set(saved):
+                on, off = ("on", "off") if mine else ("off", "on")
+                raise CheckpointError(
+                    f"cannot resume from {source}: {kind} is {on} here but was {off} when it was written; "
+                    "use the checkpoint's value or a new run name"
+                )
+        for name, m in self.models.items():
+            m.load_state_dict(state["models"][name])
+        for name, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][name])
+        for name, e in self.ema.items():
+            e.load_state_dict(state["ema"][name])
+        for name, h in self.averaging.items():
+            h.load_state_dict(state["historical_averaging"][name])
+        self.epoch, self.step, self.history = int(state["epoch"]), int(state["step"]), list(state["history"])

@@ -23,10 +23,10 @@ from torch import Tensor, nn
 from gan_models.config import Config
 from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import GanOpsError
-from gan_models.losses import discriminator_objective, generator_objective
-from gan_models.nets import build_models, sample_latent, split_modules
+from gan_models.nets import build_models, family, sample_latent, split_modules
+from gan_models.nets.family import Objective
 from gan_models.training.batches import DeviceData, iterate_batches, steps_per_epoch
-from gan_models.training.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from gan_models.training.checkpoint import TrainState, check_compatible, load_checkpoint, save_checkpoint
 from gan_models.training.samples import fixed_latent, save_grid
 from gan_models.tricks import EMA, HistoricalAveraging, clip_gradients, set_requires_grad
 
@@ -106,6 +106,20 @@ def _lr_factor(cfg: Config) -> Callable[[int], float]:
     return factor
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One side of a training step (stylegan2-ada's phases): what it trains, with what, on which loss."""
+
+    name: str  # "d" or "g": the prefix of its logged terms
+    trained: dict[str, nn.Module]  # modules whose parameters this phase steps
+    frozen: dict[str, nn.Module]  # the other side: no gradients accumulate in it ...
+    unsynced: dict[str, nn.Module]  # ... and its DDP wrappers skip their gradient sync
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    params: list[nn.Parameter]
+    averaging: tuple[str, HistoricalAveraging] | None  # (network, its historical average) if enabled
+
+
 def train(
     cfg: Config,
     dataset: PreparedDataset,
@@ -126,13 +140,18 @@ def train(
     tc = cfg.train
     device = device or resolve_device(tc.device)
     out_dir = Path(out_dir)
+    spec = family(cfg.model)
 
     # Resume: read and check the checkpoint before building anything.
-    state = load_checkpoint(resume) if resume else None
-    if state is not None:
-        check_compatible(state, {**cfg.to_dict(), "_data_shape": list(dataset.image_shape)}, str(resume))
+    saved = load_checkpoint(resume) if resume else None
+    if saved is not None:
+        check_compatible(
+            saved,
+            {**cfg.to_dict(), "_data_shape": list(dataset.image_shape), "_num_classes": dataset.num_classes},
+            str(resume),
+        )
 
-    # Seed: per-rank streams for noise and dropout; weights start identical on every rank.
+    # Construct networks: weights start identical on every rank (one seed), noise streams per rank.
     torch.manual_seed(cfg.seed)
     models = {
         name: m.to(device)
@@ -143,48 +162,58 @@ def train(
     # Load data.
     data = DeviceData.load(dataset, device)
     steps = steps_per_epoch(len(data), tc.batch_size, world_size)
-    labeled_batch = cfg.model.name == "ssgan"
 
-    # Construct optimizers, schedules and tricks.
+    # Construct optimizers and tricks.
     g_side, d_side = split_modules(models)
-    g_params = [p for m in g_side.values() for p in m.parameters()]
-    d_params = [p for m in d_side.values() for p in m.parameters()]
     # The fused kernel updates every parameter in one pass (CPU and CUDA); on the small MNIST nets the
     # per-tensor loops of the default implementation cost about a tenth of a step.
     adam = functools.partial(torch.optim.Adam, betas=(tc.beta1, tc.beta2), fused=True)
-    opt_g = adam(g_params, lr=tc.lr_g)
-    opt_d = adam(d_params, lr=tc.lr_d)
+    d_params = [p for m in d_side.values() for p in m.parameters()]
+    g_params = [p for m in g_side.values() for p in m.parameters()]
+    opt_d, opt_g = adam(d_params, lr=tc.lr_d), adam(g_params, lr=tc.lr_g)
     main_nets = ("generator", "discriminator")
-    ema = {n: EMA(models[n], tc.ema_decay, warmup=True) for n in main_nets} if tc.ema_decay > 0 else {}
-    history_avg = {}
+    state = TrainState(models, {"g": opt_g, "d": opt_d})
+    if tc.ema_decay > 0:
+        state.ema = {n: EMA(models[n], tc.ema_decay, warmup=True) for n in main_nets}
     if tc.historical_averaging > 0:
-        history_avg = {n: HistoricalAveraging(models[n], tc.historical_averaging) for n in main_nets}
-    epoch, step, history = 0, 0, []
+        state.averaging = {n: HistoricalAveraging(models[n], tc.historical_averaging) for n in main_nets}
     lr_factor = _lr_factor(cfg)
     # bf16 autocast (no loss scaling needed, unlike fp16) and channels-last layouts for tensor cores.
     autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, tc.precision == "bf16")
     layout = torch.channels_last if tc.channels_last else torch.contiguous_format
     for m in models.values():
         m.to(memory_format=layout)
-
-    if state is not None:
-        for name, m in models.items():
-            m.load_state_dict(state["models"][name])
-        opt_g.load_state_dict(state["optimizers"]["g"])
-        opt_d.load_state_dict(state["optimizers"]["d"])
-        for name, e in ema.items():
-            e.load_state_dict(state["ema"][name])
-        for name, h in history_avg.items():
-            h.load_state_dict(state["historical_averaging"][name])
-        epoch, step, history = state["epoch"], state["step"], list(state["history"])
+    if saved is not None:
+        state.load_state_dict(saved, str(resume))
 
     # Wrap for distributed training (after loading: DDP broadcasts rank 0's weights at construction).
     wrapped = {name: hooks.wrap(name, m) if hooks.wrap else m for name, m in models.items()}
     g_wrapped, d_wrapped = split_modules(wrapped)
+
+    def averaging(net: str) -> tuple[str, HistoricalAveraging] | None:
+        return (net, state.averaging[net]) if net in state.averaging else None
+
+    # The discriminator side first, then the generator against the updated discriminator.
+    phases = (
+        Phase(
+            "d",
+            d_side,
+            g_side,
+            g_wrapped,
+            spec.discriminator_objective,
+            opt_d,
+            d_params,
+            averaging("discriminator"),
+        ),
+        Phase(
+            "g", g_side, d_side, d_wrapped, spec.generator_objective, opt_g, g_params, averaging("generator")
+        ),
+    )
     sample_z = fixed_latent(cfg, dataset.num_classes)
 
     # Train.
-    while epoch < tc.epochs:
+    while state.epoch < tc.epochs:
+        epoch = state.epoch
         # Each epoch's randomness (noise, dropout) is a function of (seed, rank, epoch) alone, so a run
         # resumed at an epoch boundary continues exactly, on any number of ranks.
         _seed_epoch(cfg.seed, rank, world_size, epoch, noise)
@@ -196,61 +225,50 @@ def train(
         sums: dict[str, Tensor] = {}
         pending: list[tuple[int, dict[str, Tensor]]] = []
         started = time.perf_counter()
-        for real, labels in iterate_batches(
-            data, tc.batch_size, cfg.seed, epoch, rank, world_size, labeled_batch
-        ):
+        batches = iterate_batches(
+            data, tc.batch_size, cfg.seed, epoch, rank, world_size, spec.needs_labeled_batch
+        )
+        for real, labels in batches:
             real = real.contiguous(memory_format=layout)
-            # Discriminator side.
-            set_requires_grad(d_side.values(), True)
-            set_requires_grad(g_side.values(), False)
-            latent = sample_latent(
-                cfg.model, tc.batch_size, dataset.num_classes, generator=noise, device=device
-            )
-            with _no_sync(g_wrapped.values()), autocast():
-                d_terms = discriminator_objective(wrapped, real, labels, latent, cfg.model, tc)
-            d_loss = d_terms["loss"]
-            if "discriminator" in history_avg:
-                d_loss = d_loss + history_avg["discriminator"].penalty(models["discriminator"])
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            clip_gradients(d_params, tc.grad_clip)
-            opt_d.step()
-
-            # Generator.
-            set_requires_grad(d_side.values(), False)
-            set_requires_grad(g_side.values(), True)
-            latent = sample_latent(
-                cfg.model, tc.batch_size, dataset.num_classes, generator=noise, device=device
-            )
-            with _no_sync(d_wrapped.values()), autocast():
-                g_terms = generator_objective(wrapped, real, labels, latent, cfg.model, tc)
-            g_loss = g_terms["loss"]
-            if "generator" in history_avg:
-                g_loss = g_loss + history_avg["generator"].penalty(models["generator"])
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            clip_gradients(g_params, tc.grad_clip)
-            opt_g.step()
+            step_terms: dict[str, Tensor] = {}
+            losses: dict[str, Tensor] = {}
+            for phase in phases:
+                set_requires_grad(phase.trained.values(), True)
+                set_requires_grad(phase.frozen.values(), False)
+                latent = sample_latent(
+                    cfg.model, tc.batch_size, dataset.num_classes, generator=noise, device=device
+                )
+                with _no_sync(phase.unsynced.values()), autocast():
+                    result = phase.objective(wrapped, real, labels, latent, cfg.model, tc)
+                loss = result["loss"]
+                if phase.averaging is not None:
+                    net, average = phase.averaging
+                    loss = loss + average.penalty(models[net])
+                phase.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                clip_gradients(phase.params, tc.grad_clip)
+                phase.optimizer.step()
+                step_terms |= {f"{phase.name}_{k}": v.detach() for k, v in result.items()}
+                losses[f"{phase.name}_loss"] = loss.detach()
 
             # Update EMA and historical averages.
-            for name, e in ema.items():
+            for name, e in state.ema.items():
                 e.update(models[name])
-            for name, h in history_avg.items():
+            for name, h in state.averaging.items():
                 h.update(models[name])
 
-            step += 1
-            terms = {f"d_{k}": v.detach() for k, v in d_terms.items()}
-            terms |= {f"g_{k}": v.detach() for k, v in g_terms.items()}
-            for k, v in terms.items():
+            state.step += 1
+            for k, v in step_terms.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
-            pending.append((step, {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}))
+            pending.append((state.step, losses))
             if len(pending) >= _CHECK_EVERY:
                 _check_finite(pending)
             if hooks.on_step:
-                hooks.on_step(step, terms)
+                hooks.on_step(state.step, step_terms)
         _check_finite(pending)
         set_requires_grad(models.values(), True)
-        epoch += 1
+        state.epoch += 1
+        epoch = state.epoch
 
         # Epoch metrics.
         seconds = time.perf_counter() - started
@@ -263,50 +281,40 @@ def train(
             "lr_g": opt_g.param_groups[0]["lr"],
             "lr_d": opt_d.param_groups[0]["lr"],
         }
-        history.append({"epoch": epoch, **metrics})
+        state.history.append({"epoch": epoch, **metrics})
 
         # Save snapshot and sample grid (rank 0).
         checkpoint = samples = None
         if rank == 0 and (epoch % tc.samples_every == 0 or epoch == tc.epochs):
-            generator = _averaged(models["generator"], ema.get("generator"))
+            generator = _averaged(models["generator"], state.ema.get("generator"))
             samples = save_grid(generator, sample_z, out_dir / "samples" / f"epoch_{epoch:04d}.png")
         if rank == 0 and (epoch % tc.checkpoint_every == 0 or epoch == tc.epochs):
             checkpoint = out_dir / CHECKPOINT_NAME
+            extra = hooks.extra_state() if hooks.extra_state else {}
             save_checkpoint(
-                checkpoint,
-                {
-                    "config": cfg.to_dict(),
-                    "config_hash": cfg.hash(),
-                    "data_shape": list(dataset.image_shape),
-                    "num_classes": dataset.num_classes,
-                    "epoch": epoch,
-                    "step": step,
-                    "data_position": {"epoch": epoch, "batch": 0},
-                    "history": history,
-                    "metrics": metrics,
-                    "models": {n: m.state_dict() for n, m in models.items()},
-                    "ema": {n: e.state_dict() for n, e in ema.items()},
-                    "historical_averaging": {n: h.state_dict() for n, h in history_avg.items()},
-                    "optimizers": {"g": opt_g.state_dict(), "d": opt_d.state_dict()},
-                    "schedules": {"lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]},
-                    "rng": {"torch": torch.get_rng_state(), "noise": noise.get_state()},
-                    "extra": hooks.extra_state() if hooks.extra_state else {},
-                },
+                checkpoint, state.state_dict(cfg.to_dict(), dataset.image_shape, dataset.num_classes, extra)
             )
         if hooks.on_epoch:
             hooks.on_epoch(
                 EpochReport(
                     epoch,
-                    step,
+                    state.step,
                     metrics,
                     checkpoint,
                     samples,
-                    lambda name: _averaged(models[name], ema.get(name)).eval(),
+                    lambda name: _averaged(models[name], state.ema.get(name)).eval(),
                 )
             )
 
     last = out_dir / CHECKPOINT_NAME
-    return TrainResult(epoch, step, history, models, ema, last if rank == 0 and last.exists() else None)
+    return TrainResult(
+        state.epoch,
+        state.step,
+        state.history,
+        models,
+        state.ema,
+        last if rank == 0 and last.exists() else None,
+    )
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from gan_models.config import Config
-from gan_models.nets import Latent, sample_latent
+from gan_models.io import write_with
+from gan_models.nets import Latent, family, sample_latent
 
 GRID_SIZE = 64  # 8 x 8
 
@@ -17,8 +17,8 @@ GRID_SIZE = 64  # 8 x 8
 def fixed_latent(cfg: Config, num_classes: int, n: int = GRID_SIZE) -> Latent:
     """A latent batch drawn from a dedicated seed; conditional families get one class per column."""
     generator = torch.Generator().manual_seed(cfg.seed + 2**31)
-    classes = num_classes if cfg.model.name == "stackedgan" else cfg.model.info_categories
-    labels = torch.arange(n) % classes if cfg.model.name in ("infogan", "stackedgan") else None
+    grid_classes = family(cfg.model).grid_classes
+    labels = None if grid_classes is None else torch.arange(n) % grid_classes(cfg.model, num_classes)
     return sample_latent(cfg.model, n, num_classes, generator=generator, labels=labels)
 
 
@@ -38,9 +38,8 @@ def save_grid(generator: nn.Module, latent: Latent, path: Path, nrow: int = 8) -
     """Write a PNG grid of `generator(latent)` to `path` (via a temporary file, then rename)."""
     from torchvision.utils import save_image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    save_image(generate(generator, latent), tmp, nrow=nrow, normalize=True, value_range=(-1, 1))
-    os.replace(tmp, path)
-    return path
+    images = generate(generator, latent)
+    return write_with(
+        path,
+        lambda tmp: save_image(images, tmp, nrow=nrow, normalize=True, value_range=(-1, 1), format="png"),
+    )

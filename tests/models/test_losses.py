@@ -186,8 +186,7 @@ def test_ssgan_discriminator_objective_equals_separate_real_and_fake_passes(
     # equal scoring them separately, as improved-gan does, also when minibatch discrimination makes
     # each output depend on its batch.
     from gan_models.config import load_config
-    from gan_models.losses import discriminator_objective
-    from gan_models.nets import build_models, sample_latent
+    from gan_models.nets import build_models, discriminator_objective, sample_latent
 
     cfg = load_config(
         None,
@@ -217,8 +216,7 @@ def test_ssgan_feature_matching_targets_the_unlabelled_real_images() -> None:
     # improved-gan matches the generated features to the unlabelled batch's; fully labelled batches
     # (no -1) fall back to all real images, as does `feature_matching_target: all`.
     from gan_models.config import load_config
-    from gan_models.losses import generator_objective
-    from gan_models.nets import build_models, sample_latent
+    from gan_models.nets import build_models, generator_objective, sample_latent
 
     cfg = load_config(None, ["model.name=ssgan", "model.d_features=8", "model.g_features=8"])
     torch.manual_seed(0)

@@ -6,10 +6,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gan_models.config import ModelConfig, TrainConfig
+from gan_models.config import TrainConfig
 from gan_models.errors import ConfigError
-from gan_models.losses import discriminator_objective, generator_objective
-from gan_models.nets import GENERATOR_KEYS, build_models, generator_input_dim, sample_latent, split_modules
+from gan_models.nets import (
+    FAMILIES,
+    GENERATOR_KEYS,
+    ModelOptions,
+    build_models,
+    discriminator_objective,
+    generator_input_dim,
+    generator_objective,
+    sample_latent,
+    split_modules,
+)
 from gan_models.nets.ssgan import SSGANConvDiscriminator, SSGANMLPDiscriminator
 from gan_models.tricks import MinibatchDiscrimination, set_requires_grad
 
@@ -35,7 +44,13 @@ SUPPORTED = [
 ]
 
 
-def tiny(name: str, **overrides: object) -> ModelConfig:
+def options(family: str, **fields: object) -> ModelOptions:
+    """The options of `family` from `fields`, keeping the ones that family has."""
+    known = FAMILIES[family].options.model_fields
+    return FAMILIES[family].options(**{k: v for k, v in fields.items() if k in known and k != "name"})
+
+
+def tiny(name: str, **overrides: object) -> ModelOptions:
     fields = dict(
         name=name,
         latent_dim=6,
@@ -47,7 +62,7 @@ def tiny(name: str, **overrides: object) -> ModelConfig:
         mbd_kernels=3,
         mbd_kernel_dim=2,
     )
-    return ModelConfig(**{**fields, **overrides})
+    return options(name, **{**fields, **overrides})
 
 
 @pytest.fixture(autouse=True)
@@ -241,7 +256,7 @@ def test_objectives_drive_every_family(name: str, shape: tuple[int, int, int]) -
 def test_minibatch_discrimination_is_wired_into_the_discriminator(
     name: str, shape: tuple[int, int, int]
 ) -> None:
-    cfg = ModelConfig(name=name, g_features=8, d_features=8, minibatch_discrimination=True, mbd_kernels=7)
+    cfg = options(name, g_features=8, d_features=8, minibatch_discrimination=True, mbd_kernels=7)
     d = build_models(cfg, shape, 10)["discriminator"]
     assert isinstance(d.minibatch, MinibatchDiscrimination) and d.minibatch.num_kernels == 7
     x = torch.randn(4, *shape)

@@ -29,7 +29,7 @@ from pipelines.promotion import promote_run
 from pipelines.registry import CHAMPION, Registry
 from pipelines.sample import sample
 from pipelines.tracking import find_run, resolve_target
-from pipelines.train_local import train_local
+from pipelines.train import train_local
 from tests.services import free_port
 from tests.training.conftest import tiny_config
 

@@ -17,7 +17,8 @@ import ray
 
 from gan_models.config import Config
 from gan_models.errors import DatasetError
-from pipelines.ray_train import ClusterError, ReplicaMismatchError, finished_epochs, launch
+from pipelines.ray_train import ClusterError, finished_epochs, launch
+from pipelines.train import ReplicaMismatchError
 from pipelines.tracking import TrackingError
 from tests.training.conftest import tiny_config, tiny_dataset
 
@@ -209,7 +210,7 @@ def _mismatch_worker(config: dict) -> None:
     import ray.train
     import torch
 
-    from pipelines.ray_train import check_identical
+    from pipelines.train import check_identical
 
     torch.manual_seed(0)
     nets = {"generator": torch.nn.Linear(3, 2), "discriminator": torch.nn.Linear(2, 1)}

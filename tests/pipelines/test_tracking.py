@@ -15,7 +15,7 @@ import pytest
 from gan_models.config import Config
 from gan_models.training.loop import DivergenceError
 from pipelines.tracking import RUN_NAME_TAG, TrackingError, resolve_target
-from pipelines.train_local import train_local
+from pipelines.train import train_local
 from tests.training.conftest import tiny_config, tiny_dataset
 
 

@@ -34,7 +34,7 @@ def tiny_config(*overrides: str) -> Config:
             "model.g_features=8",
             "model.d_features=8",
             "model.latent_dim=16",
-            "model.stacked_feature_dim=16",
+            *(["model.stacked_feature_dim=16"] if "model.name=stackedgan" in overrides else []),
             "train.batch_size=20",
             "train.epochs=2",
             "train.device=cpu",

@@ -1,0 +1,252 @@
+"""Training: one entry point for one process and for every Ray Train worker, and the `ganops train` paths.
+
+`run_training` does the run wiring once: the run directory and its `config.yaml`, the MLflow run
+(started or continued from the checkpoint's run id), per-epoch metrics averaged over ranks, the
+replica check before checkpoints, the progress line, and failure or finish. `--no-ray` calls it with
+rank 0 (`train_local`); the Ray worker (`pipelines.ray_train`) only turns Ray's context into its
+arguments. `train_job` runs `ganops train` as a child process, for the flows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from gan_models.config import Config
+from gan_models.data.prepare import open_verified
+from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
+from gan_models.errors import GanOpsError
+from gan_models.io import write_text
+from gan_models.training.checkpoint import read_resume_info
+from gan_models.training.loop import CHECKPOINT_NAME, EpochReport, TrainHooks, TrainResult, train
+from pipelines.tracking import (
+    EXTRA_KEY,
+    RunTracker,
+    TrackingTarget,
+    ensure_experiment,
+    mark_failed,
+    resolve_target,
+    source_tags,
+    training_key,
+)
+
+
+class ReplicaMismatchError(GanOpsError):
+    """A rank's parameters differ from rank 0's: DDP replicas went out of sync."""
+
+
+class TrainingTimeout(GanOpsError):
+    """Training ran past `flow.train_timeout_s`; its Ray job was stopped and its MLflow run failed."""
+
+
+def run_name_for(cfg: Config, dataset: PreparedDataset | str) -> str:
+    """The one run-name rule: dataset, family, what decides the model (`training_key`), and the data
+    bytes it trains on (the sha256 of the prepared dataset's manifest, or the dataset itself)."""
+    manifest = dataset if isinstance(dataset, str) else sha256_file(Path(dataset.path) / MANIFEST)
+    return f"{cfg.data.dataset}-{cfg.model.name}-{training_key(cfg)[:8]}-{manifest[:8]}"
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What a launcher checked before any training starts (plain data: it travels to Ray workers)."""
+
+    target: TrackingTarget | None  # None: tracking disabled
+    tags: dict[str, str]  # data version, manifest digest, git commit: recorded on the MLflow run
+
+
+def preflight(cfg: Config, project: Path) -> tuple[PreparedDataset, Preflight]:
+    """Verify the data and reach the tracking store; each failure is one clear `GanOpsError`."""
+    dataset = open_verified(cfg.data)  # corrupted or missing data fails here
+    target = resolve_target(cfg.tracking, project) if cfg.tracking.enabled else None
+    if target is not None:
+        ensure_experiment(target)  # so does an unreachable tracking server
+    return dataset, Preflight(target, source_tags(dataset, project) if target else {})
+
+
+# Called on every rank after each epoch with (report, metrics averaged over ranks, MLflow run id).
+Reporter = Callable[[EpochReport, dict[str, float], str | None], None]
+
+
+def run_training(
+    cfg: Config,
+    run_name: str,
+    dataset: PreparedDataset,
+    checks: Preflight,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | None = None,
+    resume: Path | None = None,
+    wrap: Callable[[str, nn.Module], nn.Module] | None = None,
+    report: Reporter | None = None,
+) -> TrainResult:
+    """Train `cfg` as run `run_name` on this rank, tracked in MLflow by rank 0; resume from `resume`."""
+    out_dir = Path(cfg.train.output_dir) / run_name
+    _, extra = read_resume_info(resume) if resume is not None and rank == 0 else (0, {})
+    tracker = None
+    if rank == 0:
+        write_text(out_dir / "config.yaml", cfg.to_yaml())
+        if checks.target is not None:  # the run id in the checkpoint continues the same MLflow run
+            tracker = RunTracker.start(checks.target, cfg, run_name, checks.tags, run_id=extra.get(EXTRA_KEY))
+    live: dict[str, nn.Module] = {}
+    progress = EpochLine(run_name, cfg.train.epochs) if rank == 0 else None
+
+    def wrap_and_remember(name: str, module: nn.Module) -> nn.Module:
+        live[name] = module
+        return wrap(name, module) if wrap is not None else module
+
+    def on_epoch(epoch_report: EpochReport) -> None:
+        metrics = mean_over_ranks(epoch_report.metrics, world_size, device or torch.device("cpu"))
+        checkpoint_epoch = epoch_report.epoch % cfg.train.checkpoint_every == 0
+        if world_size > 1 and (checkpoint_epoch or epoch_report.epoch == cfg.train.epochs):
+            check_identical(
+                live, device or torch.device("cpu"), f"before the epoch-{epoch_report.epoch} checkpoint"
+            )
+            metrics["replicas_identical"] = 1.0
+        if tracker is not None:
+            tracker.log_epoch(epoch_report.epoch, epoch_report.step, metrics, epoch_report.samples)
+        if progress is not None:
+            progress.update(epoch_report.epoch, metrics)
+        if report is not None:
+            report(epoch_report, metrics, tracker.run_id if tracker else None)
+
+    hooks = TrainHooks(
+        on_epoch=on_epoch,
+        wrap=wrap_and_remember if world_size > 1 else None,
+        extra_state=(lambda: {EXTRA_KEY: tracker.run_id}) if tracker is not None else None,
+    )
+    try:
+        result = train(
+            cfg,
+            dataset,
+            out_dir=out_dir,
+            device=device,
+            rank=rank,
+            world_size=world_size,
+            resume=resume,
+            hooks=hooks,
+        )
+    except BaseException as e:
+        if tracker is not None:
+            tracker.fail(e)
+        raise
+    if tracker is not None:
+        tracker.finish(cfg, result, dataset)
+    return result
+
+
+class EpochLine:
+    """One line per epoch from rank 0: epoch, losses, accuracy, images/s and the time left."""
+
+    def __init__(self, run_name: str, epochs: int) -> None:
+        self.run_name, self.epochs, self.seconds = run_name, epochs, 0.0
+
+    def update(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.seconds = metrics.get("epoch_time_s", self.seconds)
+        eta = (self.epochs - epoch) * self.seconds
+        accuracy = f"  train_acc {metrics['train_accuracy']:.3f}" if "train_accuracy" in metrics else ""
+        print(
+            f"[{self.run_name}] epoch {epoch}/{self.epochs}  d_loss {metrics.get('d_loss', float('nan')):.4f}  "
+            f"g_loss {metrics.get('g_loss', float('nan')):.4f}{accuracy}  "
+            f"{metrics.get('images_per_s', 0):.0f} img/s  eta {eta:.0f}s",
+            flush=True,
+        )
+
+
+def train_local(cfg: Config, run_name: str | None = None, project: Path | None = None) -> str:
+    """`ganops train --no-ray`: train in this process (resuming the run's checkpoint), return a summary."""
+    project = (project or Path.cwd()).resolve()
+    dataset, checks = preflight(cfg, project)
+    name = run_name or run_name_for(cfg, dataset)
+    run_dir = Path(cfg.train.output_dir) / name
+    checkpoint = run_dir / CHECKPOINT_NAME
+    done, _ = read_resume_info(checkpoint)
+    if done >= cfg.train.epochs:
+        return f"{run_dir}: already trained for {done} epochs (checkpoint {checkpoint})"
+    device = torch.device("cpu") if cfg.train.device == "cpu" else None
+    result = run_training(
+        cfg, name, dataset, checks, device=device, resume=checkpoint if checkpoint.exists() else None
+    )
+    last = result.history[-1]
+    accuracy = f", train accuracy {last['train_accuracy']:.3f}" if "train_accuracy" in last else ""
+    return (
+        f"{run_dir}: {result.epoch} epochs, {result.step} steps, loss_d {last['d_loss']:.4f}, "
+        f"loss_g {last['g_loss']:.4f}{accuracy}; checkpoint {result.checkpoint}"
+    )
+
+
+def train_job(cfg: Config, project: Path, run_name: str, timeout_s: float | None) -> None:
+    """Run `ganops train` (Ray Train) in a child process, as MLflow run `run_name`.
+
+    On timeout, or when the caller is cancelled, the child's whole process group is killed: the Ray
+    driver goes, so does its job; a timeout also ends the MLflow run FAILED.
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="ganops-", delete=False) as f:
+        f.write(cfg.to_yaml())
+    command = [sys.executable, "-m", "pipelines", "train", "--config", f.name, "--run-name", run_name]
+    child = subprocess.Popen(command, cwd=project, start_new_session=True)
+    try:
+        code = child.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        error = TrainingTimeout(f"training {run_name} ran past flow.train_timeout_s={timeout_s:g}; stopped")
+        if cfg.tracking.enabled:
+            mark_failed(resolve_target(cfg.tracking, project), run_name, error)
+        raise error from None
+    except BaseException:  # the flow was cancelled: take the job down with it
+        os.killpg(child.pid, signal.SIGKILL)
+        raise
+    finally:
+        os.unlink(f.name)
+    if code != 0:
+        raise GanOpsError(f"training {run_name} failed (`ganops train` exited {code}); see its log above")
+
+
+# Distributed checks (torch.distributed; any launcher that starts a process group).
+
+
+def mean_over_ranks(metrics: dict[str, float], world_size: int, device: torch.device) -> dict[str, float]:
+    """Each metric averaged over the ranks (losses of disjoint shards; images/s as each rank saw it)."""
+    if world_size == 1:
+        return dict(metrics)
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return {k: v / world_size for k, v in zip(keys, values.tolist(), strict=True)}
+
+
+def check_identical(models: dict[str, nn.Module], device: torch.device, when: str) -> int:
+    """Compare every parameter with rank 0's; on any difference every rank raises, naming them.
+
+    One broadcast of all parameters (the same traffic as one gradient all-reduce), so it is cheap at
+    checkpoint epochs. Returns the number of values compared.
+    """
+    named = [(f"{n}.{k}", p.detach()) for n, m in sorted(models.items()) for k, p in m.named_parameters()]
+    flat = torch.cat([p.reshape(-1).float() for _, p in named]).to(device)
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    chunks = reference.split([p.numel() for _, p in named])
+    differing = [
+        name
+        for (name, p), ref in zip(named, chunks, strict=True)
+        if not torch.equal(p.reshape(-1).float().to(device), ref)
+    ]
+    count = torch.tensor([len(differing)], device=device)
+    dist.all_reduce(count)
+    if count.item():
+        raise ReplicaMismatchError(
+            f"rank {dist.get_rank()}: parameters differ from rank 0's {when}: "
+            f"{', '.join(differing[:5]) or '(others)'}; the checkpoint was not committed"
+        )
+    return flat.numel()
