@@ -58,6 +58,7 @@ def main() -> None:
     from gan_models.config import load_config
     from gan_models.data.prepare import prepare_dataset, prepared_path
     from gan_models.data.prepared import PreparedDataset
+    from gan_models.io import write_text
     from gan_models.metrics.domain import load_or_train
     from gan_models.metrics.feature_cache import real_features, subset_indices
     from gan_models.metrics.frechet import FeatureStats, stats_distance
@@ -141,7 +142,7 @@ def main() -> None:
         "extractor_id": extractor.extractor_id,
         "per_epoch": epochs,
     }
-    (RESULTS / "dcgan_mnist.json").write_text(json.dumps(summary, indent=1))
+    write_text(RESULTS / "dcgan_mnist.json", json.dumps(summary, indent=1))
     print(f"untrained generator domain FD {untrained:.2f}; real train images {floor:.2f}")
     print(f"total {wall / 60:.1f} min; grid and curves in {RESULTS}")
 

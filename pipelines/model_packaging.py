@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gan_models.io import write_text
+from gan_models.io import write_text, write_with
 from gan_models.nets import ModelOptions, build_models, family, parse_options, sample_latent
 from gan_models.training.batches import to_float, to_uint8
 
@@ -72,7 +72,7 @@ def save_package(
         for name in names
         for key, t in nets[name].state_dict().items()
     }
-    save_file(tensors, str(path / WEIGHTS))
+    write_with(path / WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
     return path
 
 

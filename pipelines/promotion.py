@@ -100,10 +100,11 @@ def decide(candidate: Version, champion: Version | None, policy: PromotionConfig
 def rank(candidates: list[Version], policy: PromotionConfig) -> list[Version]:
     """`candidates` best first, by the same rule that guards the champion (`decide`).
 
-    The best is found as a champion would be: the first candidate holds the title, and each later one
-    takes it only if `decide` would promote it over the holder; the rest are ranked the same way. So
-    the first of the list is a candidate the policy would keep, never one it would reject (a worse FD
-    beyond the tolerance, or a different evaluation signature).
+    The best is the one that would be champion had the candidates been offered to the registry in turn
+    (in the given order, e.g. the trials' order): the first holds the title, and each later one takes
+    it only if `decide` would promote it over the holder; the rest are ranked the same way. So the
+    sweep never offers a candidate the policy would reject in favour of another trial (an FD beyond
+    the tolerance, a different evaluation signature), which the old `max(primary, -fd)` did.
     """
     remaining, ranked = list(candidates), []
     while remaining:

@@ -56,3 +56,18 @@ def test_bad_file_names_the_file_and_key(tmp_path: Path) -> None:
 def test_config_hash_is_stable_and_sensitive() -> None:
     assert Config().hash() == load_config(None, []).hash()
     assert Config().hash() != load_config(None, ["seed=1"]).hash()
+
+
+def test_one_familys_option_on_another_is_an_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(PROJECT / "params.yaml", ["model.name=dcgan", "model.info_categories=5"])
+    assert "model.info_categories: not an option of model.name='dcgan'" in str(err.value)
+
+
+def test_switching_family_starts_from_its_defaults_keeping_shared_options(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("model:\n  name: ssgan\n  latent_dim: 32\n  d_dropout: 0.3\n")
+    cfg = load_config(path, ["model.name=infogan"])
+    assert cfg.model.name == "infogan" and cfg.model.latent_dim == 32 and cfg.model.info_categories == 10
+    assert not hasattr(cfg.model, "d_dropout")
+    assert load_config(path).model.d_dropout == 0.3  # the file's own family keeps its options

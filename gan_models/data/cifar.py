@@ -10,7 +10,7 @@ import numpy as np
 
 from gan_models.data.sources import RawDataset, cache_dir, md5_file, require_files, source_dir
 from gan_models.errors import DatasetError
-from gan_models.io import Progress
+from gan_models.io import Progress, atomic_write
 
 if TYPE_CHECKING:
     from gan_models.config import DataConfig
@@ -104,5 +104,5 @@ def write_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
         b"data": data,
         b"filenames": [f"{i}.png".encode() for i in range(len(images))],
     }
-    with open(path, "wb") as f:
+    with atomic_write(path) as f:
         pickle.dump(batch, f, protocol=2)

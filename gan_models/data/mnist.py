@@ -11,7 +11,7 @@ import numpy as np
 
 from gan_models.data.sources import RawDataset, cache_dir, md5_file, source_dir
 from gan_models.errors import DatasetError
-from gan_models.io import Progress
+from gan_models.io import Progress, write_bytes
 
 if TYPE_CHECKING:
     from gan_models.config import DataConfig
@@ -48,7 +48,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array as an idx file (used to build test fixtures in the real format)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.tobytes())
+    write_bytes(path, header + array.tobytes())
 
 
 def _find(folder: Path, name: str) -> Path:

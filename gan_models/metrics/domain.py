@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from gan_models import io
 from gan_models.data.prepared import PreparedDataset
-from gan_models.io import Progress, atomic_dir, write_text
+from gan_models.io import Progress, atomic_dir, write_text, write_with
 from gan_models.metrics.accuracy import classifier_accuracy
 from gan_models.metrics.feature_cache import dataset_version
 from gan_models.metrics.frechet import MetricError
@@ -283,7 +283,8 @@ def _train_and_store(
     # Store: a temporary directory renamed into place, so a reader never sees half an entry.
     with atomic_dir(target) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"arch_version": str(ARCH_VERSION)})
+        metadata = {"arch_version": str(ARCH_VERSION)}
+        write_with(tmp / WEIGHTS, lambda path: save_file(state, str(path), metadata=metadata))
         info = {
             "arch_version": ARCH_VERSION,
             "spec": asdict(spec),

@@ -13,7 +13,7 @@ import mlflow
 import pytest
 
 from gan_models.config import Config, PromotionConfig, load_config
-from pipelines.promotion import _promote, decide, promote_version, rollback
+from pipelines.promotion import _promote, decide, promote_version, rank, rollback
 from pipelines.registry import CHAMPION, PREVIOUS, Registry, RegistryError, Version
 
 POLICY = PromotionConfig()
@@ -40,6 +40,18 @@ def test_policy_better_worse_tied_and_incomparable(candidate: Version, promote: 
     assert decision.promote is promote
     assert reason in decision.reason
     assert decision.champion == {"test_accuracy": 0.90, "domain_fd": 10.0}
+
+
+def test_ranking_picks_only_what_the_policy_would_promote() -> None:
+    steady, sharper_but_worse_fd = version("a", 0.90, 10.0), version("b", 0.91, 20.0)
+    other_eval = version("c", 0.99, 1.0, signature="other")
+    # max(accuracy, -fd), the sweep's old rule, picked b; the policy rejects b over a (FD 100% worse).
+    ranked = rank([steady, sharper_but_worse_fd, other_eval], POLICY)
+    assert [v.version for v in ranked] == ["a", "b", "c"]
+    # As the registry would decide offered in turn: a's FD is more than 10% worse than x's, so x holds.
+    assert [v.version for v in rank([version("x", 0.80, 9.0), steady], POLICY)] == ["x", "a"]
+    assert [v.version for v in rank([version("x", 0.80, 9.0), version("y", 0.85, 9.5)], POLICY)] == ["y", "x"]
+    assert rank([], POLICY) == []
 
 
 def test_policy_without_classifier_ranks_by_fd_and_first_candidate_wins() -> None:

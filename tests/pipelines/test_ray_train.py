@@ -18,8 +18,8 @@ import ray
 from gan_models.config import Config
 from gan_models.errors import DatasetError
 from pipelines.ray_train import ClusterError, finished_epochs, launch
-from pipelines.train import ReplicaMismatchError
 from pipelines.tracking import TrackingError
+from pipelines.train import ReplicaMismatchError
 from tests.training.conftest import tiny_config, tiny_dataset
 
 STEPS_PER_EPOCH = 3  # 120 images, batches of 20 on each of 2 ranks
