@@ -94,8 +94,12 @@ class TrainConfig(_Section):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward passes")
-    channels_last: bool = Field(False, description="channels-last memory layout (faster convs on GPUs)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16: autocast the forward passes; auto: bf16 where the device has bf16 units"
+    )
+    channels_last: Literal["auto"] | bool = Field(
+        "auto", description="channels-last memory layout for convs; auto: on with bf16 (where it pays)"
+    )
     checkpoint_every: int = Field(1, gt=0)
     samples_every: int = Field(1, gt=0)
     output_dir: Path = Path("runs")

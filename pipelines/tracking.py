@@ -227,6 +227,11 @@ class RunTracker:
             _log_dataset(tags)
         return cls(target, run_id)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        import mlflow
+
+        mlflow.set_tags(tags)
+
     def log_epoch(self, epoch: int, step: int, metrics: dict[str, float], samples: Path | None) -> None:
         """Metrics at step `epoch`, and the epoch's sample grid as an image."""
         import mlflow

@@ -28,7 +28,16 @@ from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
 from gan_models.errors import GanOpsError
 from gan_models.io import write_text
 from gan_models.training.checkpoint import read_resume_info
-from gan_models.training.loop import CHECKPOINT_NAME, EpochReport, TrainHooks, TrainResult, train
+from gan_models.training.loop import (
+    CHECKPOINT_NAME,
+    EpochReport,
+    TrainHooks,
+    TrainResult,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+    train,
+)
 from pipelines.tracking import (
     EXTRA_KEY,
     RunTracker,
@@ -98,6 +107,10 @@ def run_training(
         write_text(out_dir / "config.yaml", cfg.to_yaml())
         if checks.target is not None:  # the run id in the checkpoint continues the same MLflow run
             tracker = RunTracker.start(checks.target, cfg, run_name, checks.tags, run_id=extra.get(EXTRA_KEY))
+            # What `auto` chose on this machine (the same function the loop applies).
+            precision = resolve_precision(cfg.train.precision, device or resolve_device(cfg.train.device))
+            channels_last = resolve_channels_last(cfg.train.channels_last, precision)
+            tracker.set_tags({"precision": precision, "channels_last": str(channels_last).lower()})
     live: dict[str, nn.Module] = {}
     progress = EpochLine(run_name, cfg.train.epochs) if rank == 0 else None
 

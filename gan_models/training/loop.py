@@ -85,6 +85,37 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """The feature flags of this machine's CPU (`/proc/cpuinfo`; empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def resolve_precision(requested: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
+    """ "fp32" or "bf16" for `train.precision` on `device`; `auto` takes bf16 only where it runs on bf16 units.
+
+    On CPUs without AVX512-BF16 or AMX, bf16 autocast is emulated and slower than fp32 (an AVX2 machine:
+    benchmarks/RESULTS.md); `flags` defaults to this machine's CPU flags.
+    """
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if (cpu_flags() if flags is None else flags) & BF16_CPU_FLAGS else "fp32"
+
+
+def resolve_channels_last(requested: str | bool, precision: str) -> bool:
+    """`train.channels_last`: auto follows bf16, where the channels-last conv kernels are the fast ones."""
+    return precision == "bf16" if requested == "auto" else bool(requested)
+
+
 def _no_sync(modules: Iterable[nn.Module]) -> contextlib.ExitStack:
     """Skip gradient synchronisation of DDP-wrapped modules that are frozen for this step."""
     stack = contextlib.ExitStack()
@@ -179,8 +210,11 @@ def train(
         state.averaging = {n: HistoricalAveraging(models[n], tc.historical_averaging) for n in main_nets}
     lr_factor = _lr_factor(cfg)
     # bf16 autocast (no loss scaling needed, unlike fp16) and channels-last layouts for tensor cores.
-    autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, tc.precision == "bf16")
-    layout = torch.channels_last if tc.channels_last else torch.contiguous_format
+    precision = resolve_precision(tc.precision, device)
+    autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, precision == "bf16")
+    layout = (
+        torch.channels_last if resolve_channels_last(tc.channels_last, precision) else torch.contiguous_format
+    )
     for m in models.values():
         m.to(memory_format=layout)
     if saved is not None:

@@ -183,3 +183,19 @@ def test_bf16_autocast_and_channels_last_train_and_stay_finite(tmp_path: Path) -
     assert all(torch.isfinite(torch.tensor(v)) for v in result.history[0].values())
     weights = result.models["discriminator"].state_dict().values()
     assert all(w.dtype == torch.float32 for w in weights if w.is_floating_point())  # master weights stay fp32
+
+
+def test_precision_auto_takes_bf16_only_on_cpus_with_bf16_units() -> None:
+    from gan_models.training.loop import resolve_channels_last, resolve_precision
+
+    cpu = torch.device("cpu")
+    avx2 = frozenset({"sse4_2", "avx", "avx2", "fma", "avx512f"})  # AVX-512 without its BF16 extension
+    assert resolve_precision("auto", cpu, avx2) == "fp32"
+    assert resolve_precision("auto", cpu, avx2 | {"avx512_bf16"}) == "bf16"
+    assert resolve_precision("auto", cpu, avx2 | {"amx_bf16"}) == "bf16"
+    assert (
+        resolve_precision("bf16", cpu, avx2) == "bf16"
+        and resolve_precision("fp32", cpu, {"amx_bf16"}) == "fp32"
+    )
+    assert resolve_channels_last("auto", "bf16") and not resolve_channels_last("auto", "fp32")
+    assert resolve_channels_last(True, "fp32")
