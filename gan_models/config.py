@@ -54,6 +54,9 @@ class DataConfig(_Section):
         100, gt=0, description="labelled training examples per class (semi-supervised split); None: all"
     )
     label_seed: int = 0
+    val_size: int = Field(
+        0, ge=0, description="validation images carved from train (seeded by label_seed; never labelled)"
+    )
     synthetic: SyntheticConfig = SyntheticConfig()
 
     @field_validator("dataset")
@@ -102,6 +105,18 @@ class TrainConfig(_Section):
     )
     checkpoint_every: int = Field(1, gt=0)
     samples_every: int = Field(1, gt=0)
+    eval_every: int = Field(
+        0,
+        ge=0,
+        description="epochs between validation scores of the EMA nets (needs data.val_size); 0: never",
+    )
+    eval_images: int = Field(1000, gt=1, description="generated and validation images behind val_domain_fd")
+    keep: Literal["best", "last"] = Field(
+        "best", description="which weights a run publishes: the best validation epoch, or the last"
+    )
+    patience: int | None = Field(
+        None, gt=0, description="stop after this many evaluations without a better validation score"
+    )
     output_dir: Path = Path("runs")
 
 

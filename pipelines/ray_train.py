@@ -24,9 +24,11 @@ from gan_models.config import Config
 from gan_models.data.prepare import open_verified, prepared_path
 from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import GanOpsError
-from gan_models.training.loop import CHECKPOINT_NAME, EpochReport
+from gan_models.training.loop import BEST_NAME, CHECKPOINT_NAME, EpochReport
 from pipelines.tracking import EXTRA_KEY, TrackingTarget, mark_failed
 from pipelines.train import Preflight, preflight, run_name_for, run_training
+
+STOPPED_EARLY = "stopped_early"  # reported with every epoch: 1.0 once train.patience stopped the run
 
 
 class ClusterError(GanOpsError):
@@ -72,15 +74,19 @@ def local_resources() -> dict[str, float]:
     return {"CPU": float(len(os.sched_getaffinity(0))), "GPU": float(torch.cuda.device_count())}
 
 
-def finished_epochs(storage_path: str, run_name: str) -> int:
-    """Epochs in the latest committed checkpoint of Ray run `run_name` (0 without one)."""
+def finished_epochs(storage_path: str, run_name: str, epochs: int | None = None) -> int:
+    """Epochs in the latest committed checkpoint of Ray run `run_name` (0 without one); a run that
+    stopped early counts as `epochs` done (it is finished)."""
     from ray.train import Result
 
     try:
         result = Result.from_path(f"{storage_path.rstrip('/')}/{run_name}")
     except RuntimeError:  # no such run, or no checkpoint committed yet
         return 0
-    return int((result.metrics or {}).get("epoch", 0))
+    metrics = result.metrics or {}
+    if epochs is not None and metrics.get(STOPPED_EARLY):
+        return epochs
+    return int(metrics.get("epoch", 0))
 
 
 def launch(cfg: Config, run_name: str | None = None, project: Path | None = None) -> str:
@@ -94,7 +100,7 @@ def launch(cfg: Config, run_name: str | None = None, project: Path | None = None
     cfg = absolute_paths(cfg, project)
     dataset, checks = preflight(cfg, project)
     name = run_name or run_name_for(cfg, dataset)
-    done = finished_epochs(cfg.ray.storage_path, name)
+    done = finished_epochs(cfg.ray.storage_path, name, cfg.train.epochs)
     if done >= cfg.train.epochs:
         return f"{name}: already trained for {done} epochs (Ray run {cfg.ray.storage_path}/{name})"
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
@@ -184,6 +190,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     def report(epoch_report: EpochReport, metrics: dict[str, float], run_id: str | None) -> None:
         reported = {**metrics, "epoch": epoch_report.epoch, "step": epoch_report.step}
+        reported[STOPPED_EARLY] = float(epoch_report.stopped)
         if run_id is not None:
             reported[EXTRA_KEY] = run_id
         if epoch_report.checkpoint is None:  # other ranks; rank 0 between checkpoint epochs
@@ -191,6 +198,9 @@ def train_worker(config: dict[str, Any]) -> None:
             return
         with tempfile.TemporaryDirectory(prefix="ganops-commit-") as staging:
             shutil.copy2(epoch_report.checkpoint, Path(staging) / CHECKPOINT_NAME)
+            best = epoch_report.checkpoint.parent / BEST_NAME
+            if best.exists():  # a replacement worker on another node keeps the best epoch too
+                shutil.copy2(best, Path(staging) / BEST_NAME)
             ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(staging))
 
     checks = Preflight(TrackingTarget(**config["tracking"]) if config["tracking"] else None, config["tags"])

@@ -262,6 +262,12 @@ class RunTracker:
                         Path(workdir),
                     )
         mlflow.set_tag("final_step", str(result.step))
+        # Which weights the logged models hold, and why training ended where it did.
+        selection = "best" if result.published is not None else "last"
+        mlflow.set_tags({"model_selection": selection, "model_epoch": str(result.model_epoch)})
+        if result.best:
+            mlflow.set_tags({f"best_{k}": str(v) for k, v in result.best.items()})
+        mlflow.set_tag("stop_reason", result.stop_reason or f"completed {result.epoch} epochs")
         mlflow.end_run("FINISHED")
 
     def fail(self, error: BaseException) -> None:

@@ -101,7 +101,7 @@ def run_training(
 ) -> TrainResult:
     """Train `cfg` as run `run_name` on this rank, tracked in MLflow by rank 0; resume from `resume`."""
     out_dir = Path(cfg.train.output_dir) / run_name
-    _, extra = read_resume_info(resume) if resume is not None and rank == 0 else (0, {})
+    extra = read_resume_info(resume).extra if resume is not None and rank == 0 else {}
     tracker = None
     if rank == 0:
         write_text(out_dir / "config.yaml", cfg.to_yaml())
@@ -119,7 +119,9 @@ def run_training(
         return wrap(name, module) if wrap is not None else module
 
     def on_epoch(epoch_report: EpochReport) -> None:
+        # Training metrics are averaged over the ranks; validation is rank 0's alone.
         metrics = mean_over_ranks(epoch_report.metrics, world_size, device or torch.device("cpu"))
+        metrics |= epoch_report.validation
         checkpoint_epoch = epoch_report.epoch % cfg.train.checkpoint_every == 0
         if world_size > 1 and (checkpoint_epoch or epoch_report.epoch == cfg.train.epochs):
             check_identical(
@@ -137,6 +139,7 @@ def run_training(
         on_epoch=on_epoch,
         wrap=wrap_and_remember if world_size > 1 else None,
         extra_state=(lambda: {EXTRA_KEY: tracker.run_id}) if tracker is not None else None,
+        agree=(lambda stop: rank_zero_says(stop, device or torch.device("cpu"))) if world_size > 1 else None,
     )
     try:
         result = train(
@@ -183,18 +186,22 @@ def train_local(cfg: Config, run_name: str | None = None, project: Path | None =
     name = run_name or run_name_for(cfg, dataset)
     run_dir = Path(cfg.train.output_dir) / name
     checkpoint = run_dir / CHECKPOINT_NAME
-    done, _ = read_resume_info(checkpoint)
-    if done >= cfg.train.epochs:
-        return f"{run_dir}: already trained for {done} epochs (checkpoint {checkpoint})"
+    info = read_resume_info(checkpoint)
+    if info.finished(cfg.train.epochs):
+        why = f"; {info.stop_reason}" if info.stop_reason else ""
+        return f"{run_dir}: already trained for {info.epoch} epochs (checkpoint {checkpoint}){why}"
     device = torch.device("cpu") if cfg.train.device == "cpu" else None
     result = run_training(
         cfg, name, dataset, checks, device=device, resume=checkpoint if checkpoint.exists() else None
     )
     last = result.history[-1]
     accuracy = f", train accuracy {last['train_accuracy']:.3f}" if "train_accuracy" in last else ""
+    best = result.best
+    kept = f"; best {best['metric']} {best['value']:.4g} at epoch {best['epoch']}" if best else ""
+    stop = f"; {result.stop_reason}" if result.stop_reason else ""
     return (
         f"{run_dir}: {result.epoch} epochs, {result.step} steps, loss_d {last['d_loss']:.4f}, "
-        f"loss_g {last['g_loss']:.4f}{accuracy}; checkpoint {result.checkpoint}"
+        f"loss_g {last['g_loss']:.4f}{accuracy}{kept}{stop}; checkpoint {result.checkpoint}"
     )
 
 
@@ -237,6 +244,13 @@ def mean_over_ranks(metrics: dict[str, float], world_size: int, device: torch.de
     values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(values)
     return {k: v / world_size for k, v in zip(keys, values.tolist(), strict=True)}
+
+
+def rank_zero_says(flag: bool, device: torch.device) -> bool:
+    """Rank 0's `flag` on every rank (one broadcast)."""
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def check_identical(models: dict[str, nn.Module], device: torch.device, when: str) -> int:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from gan_models.config import DataConfig
 from gan_models.data.prepared import PreparedDataset, verify_prepared, write_prepared
-from gan_models.data.sources import load_source
+from gan_models.data.sources import RawDataset, load_source
 from gan_models.errors import DatasetError
 from gan_models.io import Progress
 
@@ -27,6 +29,8 @@ def content_params(cfg: DataConfig) -> dict:
 def prepare_dataset(cfg: DataConfig, progress: Progress | None = None) -> PreparedDataset:
     """Read `cfg.dataset` from its source and write it to `<root>/<dataset>/` atomically."""
     raw = load_source(cfg, progress)
+    if cfg.val_size:
+        raw = carve_validation(raw, cfg.val_size, cfg.label_seed)
     params = content_params(cfg)
     return write_prepared(
         raw,
@@ -37,6 +41,24 @@ def prepare_dataset(cfg: DataConfig, progress: Progress | None = None) -> Prepar
         params=params,
         progress=progress,
     )
+
+
+def carve_validation(raw: RawDataset, size: int, seed: int) -> RawDataset:
+    """Move a fixed, seeded choice of `size` train images into a `val` split (before the label split is
+    drawn, so validation images are never in the labelled pool and their labels never reach training)."""
+    if "val" in raw.splits:
+        return raw  # the source has its own
+    images, labels = raw.splits["train"]
+    if size >= len(labels):
+        raise DatasetError(
+            f"data.val_size={size} leaves no training images (the train split holds {len(labels)})"
+        )
+    chosen = np.zeros(len(labels), dtype=bool)
+    chosen[np.random.default_rng([seed, 0x7A1]).choice(len(labels), size=size, replace=False)] = True
+    splits = dict(raw.splits)
+    splits["train"] = (images[~chosen], labels[~chosen])
+    splits["val"] = (images[chosen], labels[chosen])
+    return RawDataset(splits, raw.class_names, raw.source_md5, raw.source_info)
 
 
 def open_verified(cfg: DataConfig) -> PreparedDataset:

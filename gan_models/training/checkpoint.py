@@ -104,12 +104,24 @@ def check_compatible(state: dict[str, Any], config: dict[str, Any], source: str)
         )
 
 
-def read_resume_info(path: Path) -> tuple[int, dict[str, Any]]:
-    """(epochs done, the launcher's extra state) of the checkpoint at `path`; (0, {}) without one."""
+@dataclass(frozen=True)
+class ResumeInfo:
+    """What a launcher needs to know of a run's latest checkpoint before it starts anything."""
+
+    epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    stop_reason: str | None = None  # set when the run stopped early: it is finished
+
+    def finished(self, epochs: int) -> bool:
+        return self.epoch >= epochs or self.stop_reason is not None
+
+
+def read_resume_info(path: Path) -> ResumeInfo:
+    """The epochs done, the launcher's extra state and the stop reason of the checkpoint at `path`."""
     if not Path(path).exists():
-        return 0, {}
+        return ResumeInfo()
     state = load_checkpoint(path)
-    return int(state["epoch"]), dict(state.get("extra", {}))
+    return ResumeInfo(int(state["epoch"]), dict(state.get("extra", {})), state.get("stop_reason"))
 
 
 @dataclass
@@ -123,6 +135,9 @@ class TrainState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed (per rank)
     history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, Any] | None = None  # {"epoch", "metric", "value"} of the best validation score so far
+    evals_since_best: int = 0  # validations without a better score (for train.patience)
+    stop_reason: str | None = None  # why training stopped before train.epochs (early stop)
 
     def state_dict(
         self, config: dict[str, Any], data_shape: tuple[int, ...], num_classes: int, extra: dict[str, Any]
@@ -139,6 +154,9 @@ class TrainState:
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
             "ema": {n: e.state_dict() for n, e in self.ema.items()},
             "historical_averaging": {n: h.state_dict() for n, h in self.averaging.items()},
+            "best": self.best,
+            "evals_since_best": self.evals_since_best,
+            "stop_reason": self.stop_reason,
             "extra": extra,
         }
 
@@ -163,3 +181,5 @@ class TrainState:
         for name, h in self.averaging.items():
             h.load_state_dict(state["historical_averaging"][name])
         self.epoch, self.step, self.history = int(state["epoch"]), int(state["step"]), list(state["history"])
+        self.best, self.evals_since_best = state.get("best"), int(state.get("evals_since_best", 0))
+        self.stop_reason = state.get("stop_reason")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,14 +24,17 @@ from torch import Tensor, nn
 from gan_models.config import Config
 from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import GanOpsError
+from gan_models.io import write_with
 from gan_models.nets import build_models, family, sample_latent, split_modules
 from gan_models.nets.family import Objective
 from gan_models.training.batches import DeviceData, iterate_batches, steps_per_epoch
 from gan_models.training.checkpoint import TrainState, check_compatible, load_checkpoint, save_checkpoint
 from gan_models.training.samples import fixed_latent, save_grid
+from gan_models.training.validation import Score, check_validation, score, validate
 from gan_models.tricks import EMA, HistoricalAveraging, clip_gradients, set_requires_grad
 
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "checkpoint_best.pt"  # the state at the best validation score (with train.eval_every)
 _CHECK_EVERY = 25  # steps between divergence checks: one device sync per check, not per step
 
 
@@ -48,6 +52,9 @@ class EpochReport:
     checkpoint: Path | None  # written this epoch (rank 0), else None
     samples: Path | None  # sample grid PNG written this epoch (rank 0), else None
     averaged: Callable[[str], nn.Module] | None = None  # a copy of a network with its EMA weights, eval mode
+    validation: dict[str, float] = field(default_factory=dict)  # rank 0's validation metrics, if scored
+    best: Path | None = None  # the best checkpoint, written this epoch (rank 0), else None
+    stopped: bool = False  # training stops after this epoch (train.patience)
 
 
 @dataclass
@@ -58,6 +65,8 @@ class TrainHooks:
     on_epoch: Callable[[EpochReport], None] | None = None
     wrap: Callable[[str, nn.Module], nn.Module] | None = None  # e.g. DistributedDataParallel per network
     extra_state: Callable[[], dict[str, Any]] | None = None  # stored in every checkpoint under "extra"
+    # Rank 0's "stop now" to every rank (a broadcast under DDP); only called when train.patience is set.
+    agree: Callable[[bool], bool] | None = None
 
 
 @dataclass
@@ -68,11 +77,18 @@ class TrainResult:
     models: dict[str, nn.Module]
     ema: dict[str, EMA] = field(default_factory=dict)
     checkpoint: Path | None = None
+    # The weights to publish (train.keep=best: the best validation epoch's, EMA applied); None: the last.
+    published: dict[str, dict[str, Tensor]] | None = None
+    model_epoch: int = 0  # the epoch `averaged` weights come from
+    best: dict[str, Any] | None = None
+    stop_reason: str | None = None
 
     def averaged(self, name: str) -> nn.Module:
-        """A copy of network `name` with its EMA weights (the network itself if EMA is off)."""
+        """A copy of network `name` with the weights to publish (EMA applied where EMA is on)."""
         module = copy.deepcopy(self.models[name])
-        if name in self.ema:
+        if self.published is not None:
+            module.load_state_dict(self.published[name])
+        elif name in self.ema:
             self.ema[name].copy_to(module)
         return module.eval()
 
@@ -172,6 +188,7 @@ def train(
     device = device or resolve_device(tc.device)
     out_dir = Path(out_dir)
     spec = family(cfg.model)
+    check_validation(cfg, dataset)
 
     # Resume: read and check the checkpoint before building anything.
     saved = load_checkpoint(resume) if resume else None
@@ -244,9 +261,14 @@ def train(
         ),
     )
     sample_z = fixed_latent(cfg, dataset.num_classes)
+    best_path = out_dir / BEST_NAME
+    restored_best = Path(resume).parent / BEST_NAME if resume is not None else None
+    if rank == 0 and restored_best is not None and restored_best.exists():
+        if restored_best.resolve() != best_path.resolve():  # restored elsewhere (Ray): bring it along
+            write_with(best_path, lambda tmp: shutil.copyfile(restored_best, tmp))
 
     # Train.
-    while state.epoch < tc.epochs:
+    while state.epoch < tc.epochs and state.stop_reason is None:
         epoch = state.epoch
         # Each epoch's randomness (noise, dropout) is a function of (seed, rank, epoch) alone, so a run
         # resumed at an epoch boundary continues exactly, on any number of ranks.
@@ -315,19 +337,43 @@ def train(
             "lr_g": opt_g.param_groups[0]["lr"],
             "lr_d": opt_d.param_groups[0]["lr"],
         }
-        state.history.append({"epoch": epoch, **metrics})
+        # Evaluate metrics (rank 0): the EMA nets on the validation split; the best epoch is kept.
+        validation: dict[str, float] = {}
+        improved = False
+        if rank == 0 and tc.eval_every and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
+            validation = validate(cfg, dataset, lambda n: _averaged(models[n], state.ema.get(n)), device)
+            current = score(validation)
+            held = Score(state.best["metric"], state.best["value"]) if state.best else None
+            improved = current is not None and current.beats(held)
+            if improved:
+                state.best = {"epoch": epoch, "metric": current.metric, "value": current.value}
+                state.evals_since_best = 0
+            else:
+                state.evals_since_best += 1
+            if tc.patience and state.best and state.evals_since_best >= tc.patience:
+                state.stop_reason = (
+                    f"early stop at epoch {epoch}: {state.best['metric']} did not improve for "
+                    f"{tc.patience} evaluations (best {state.best['value']:.4g} at epoch {state.best['epoch']})"
+                )
+        if tc.patience and hooks.agree is not None and hooks.agree(state.stop_reason is not None):
+            state.stop_reason = state.stop_reason or "early stop (decided by rank 0)"
+        state.history.append({"epoch": epoch, **metrics, **validation})
 
         # Save snapshot and sample grid (rank 0).
-        checkpoint = samples = None
+        checkpoint = samples = best = None
         if rank == 0 and (epoch % tc.samples_every == 0 or epoch == tc.epochs):
             generator = _averaged(models["generator"], state.ema.get("generator"))
             samples = save_grid(generator, sample_z, out_dir / "samples" / f"epoch_{epoch:04d}.png")
-        if rank == 0 and (epoch % tc.checkpoint_every == 0 or epoch == tc.epochs):
-            checkpoint = out_dir / CHECKPOINT_NAME
+        last_epoch = epoch == tc.epochs or state.stop_reason is not None
+        if rank == 0 and (epoch % tc.checkpoint_every == 0 or last_epoch or improved):
             extra = hooks.extra_state() if hooks.extra_state else {}
-            save_checkpoint(
-                checkpoint, state.state_dict(cfg.to_dict(), dataset.image_shape, dataset.num_classes, extra)
-            )
+            snapshot = state.state_dict(cfg.to_dict(), dataset.image_shape, dataset.num_classes, extra)
+            if improved:
+                save_checkpoint(best_path, snapshot)
+                best = best_path
+            if epoch % tc.checkpoint_every == 0 or last_epoch:
+                checkpoint = out_dir / CHECKPOINT_NAME
+                save_checkpoint(checkpoint, snapshot)
         if hooks.on_epoch:
             hooks.on_epoch(
                 EpochReport(
@@ -337,11 +383,15 @@ def train(
                     checkpoint,
                     samples,
                     lambda name: _averaged(models[name], state.ema.get(name)).eval(),
+                    validation,
+                    best,
+                    state.stop_reason is not None,
                 )
             )
 
+    # The weights to publish: the best validation epoch's (train.keep=best), else the last.
     last = out_dir / CHECKPOINT_NAME
-    return TrainResult(
+    result = TrainResult(
         state.epoch,
         state.step,
         state.history,
@@ -349,6 +399,19 @@ def train(
         state.ema,
         last if rank == 0 and last.exists() else None,
     )
+    result.model_epoch, result.best, result.stop_reason = state.epoch, state.best, state.stop_reason
+    if rank == 0 and tc.keep == "best" and state.best and best_path.exists():
+        result.published = _published(load_checkpoint(best_path))
+        result.model_epoch = state.best["epoch"]
+    return result
+
+
+def _published(saved: dict[str, Any]) -> dict[str, dict[str, Tensor]]:
+    """Each network's weights from a checkpoint, with its EMA weights where it has them."""
+    weights = {name: dict(sd) for name, sd in saved["models"].items()}
+    for name, ema_state in saved["ema"].items():
+        weights[name].update(ema_state["shadow"])
+    return weights
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
