@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -315,12 +316,41 @@ def retrain_cmd(
     from pipelines.flows import retrain
 
     cfg = _config(config, overrides, dry_run)  # validated before Prefect starts
+    started = time.monotonic()
     summary = retrain(str(config), list(overrides or []), force=force, run_name=run_name)
     if sample_out is not None:
         from pipelines.sample import sample
 
         sample(f"{summary['promotion']['name']}@champion", 64, sample_out, cfg)
-        typer.echo(f"champion samples: {sample_out}")
+    typer.echo(_retrain_report(summary, cfg, sample_out, time.monotonic() - started))
+
+
+def _retrain_report(summary: dict, cfg: Config, sample_out: Path | None, seconds: float) -> str:
+    """What a user wants at the end of a retrain: the numbers, the decision, and where to look."""
+    from pipelines.registry import CHAMPION, Registry
+    from pipelines.tracking import resolve_target
+
+    def numbers(metrics: dict[str, float]) -> str:
+        keys = ("test_accuracy", "domain_fd", "inception_fid")
+        return ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
+
+    decision = summary["promotion"]
+    uri = resolve_target(cfg.tracking).uri
+    champion = Registry(uri).by_alias(decision["name"], CHAMPION)
+    lines = [
+        f"run {summary['run_id']}: {numbers(summary['metrics'])}",
+        f"{decision['name']} v{decision['version']}: "
+        + ("promoted to champion" if decision["promote"] else "not promoted")
+        + f" ({decision['reason']})",
+    ]
+    if champion is not None:
+        lines.append(f"champion: v{champion.version}, {numbers(champion.metrics)}")
+    if sample_out is not None:
+        lines.append(f"champion samples: {sample_out}")
+    if uri.startswith("sqlite:///"):
+        lines.append(f"browse: uv run mlflow ui --backend-store-uri {uri}")
+    lines.append(f"retrain took {seconds / 60:.1f} min")
+    return "\n".join(lines)
 
 
 @app.command("sweep")

@@ -112,7 +112,9 @@ def launch(cfg: Config, run_name: str | None = None, project: Path | None = None
     started = not ray.is_initialized()
     if started:
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+            # "local": a new instance of our own. Without an address ray.init joins whatever cluster
+            # this machine started last (another user's, a test's) instead of the one documented.
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
         except ConnectionError as e:
             raise ClusterError(f"cannot connect to the Ray cluster at {address}: {e}") from None
     try:

@@ -94,15 +94,19 @@ def test_local_training_is_one_run_resumed_in_place_with_loadable_models(tmp_pat
 def test_diverged_training_ends_its_run_failed_with_the_error(
     tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gan_models.training.loop as loop
+    import dataclasses
 
-    original = loop.generator_objective
+    from gan_models.nets import FAMILIES
+
+    original = FAMILIES["dcgan"].generator_objective
 
     def poisoned(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         terms = original(*args, **kwargs)
         return terms | {"loss": terms["loss"] * float("nan")}
 
-    monkeypatch.setattr(loop, "generator_objective", poisoned)
+    monkeypatch.setitem(
+        FAMILIES, "dcgan", dataclasses.replace(FAMILIES["dcgan"], generator_objective=poisoned)
+    )
     cfg = local_config(tmp_path, store, "diverged", "model.name=dcgan", "train.epochs=1")
     with pytest.raises(DivergenceError):
         train_local(cfg, "d")
