@@ -171,6 +171,8 @@ class EpochLine:
         self.seconds = metrics.get("epoch_time_s", self.seconds)
         eta = (self.epochs - epoch) * self.seconds
         accuracy = f"  train_acc {metrics['train_accuracy']:.3f}" if "train_accuracy" in metrics else ""
+        accuracy += f"  val_acc {metrics['val_accuracy']:.3f}" if "val_accuracy" in metrics else ""
+        accuracy += f"  val_fd {metrics['val_domain_fd']:.1f}" if "val_domain_fd" in metrics else ""
         print(
             f"[{self.run_name}] epoch {epoch}/{self.epochs}  d_loss {metrics.get('d_loss', float('nan')):.4f}  "
             f"g_loss {metrics.get('g_loss', float('nan')):.4f}{accuracy}  "

@@ -7,13 +7,14 @@ and D0) reuse these stacks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
 from gan_models.losses import dcgan_discriminator_loss, dcgan_generator_loss
-from gan_models.nets.family import Family, Latent, ModelOptions, Models, Terms, terms, unsupported
+from gan_models.nets.family import Family, Latent, ModelOptions, Models, Objective, Terms, terms, unsupported
 from gan_models.nets.layers import ImageShape, MinibatchDiscrimination, init_dcgan_weights
 
 if TYPE_CHECKING:
@@ -139,23 +140,36 @@ def build(options: DCGANOptions, image_shape: ImageShape, num_classes: int) -> M
     }
 
 
-def discriminator_objective(
-    models: Models, real: Tensor, labels: Tensor, latent: Latent, options: ModelOptions, cfg: TrainConfig
-) -> Terms:
-    with torch.no_grad():
-        fake = models["generator"](latent.z)
-    real_logits, _ = models["discriminator"](real)
-    fake_logits, _ = models["discriminator"](fake)
-    loss = dcgan_discriminator_loss(real_logits, fake_logits, cfg.label_smoothing)
-    return terms(loss, adversarial=loss)
+def single_logit_objectives(
+    d_loss: Callable[[Tensor, Tensor, TrainConfig], Tensor], g_loss: Callable[[Tensor], Tensor]
+) -> tuple[Objective, Objective]:
+    """The D-side and G objectives of a generator against a single-logit discriminator, for one loss pair
+    (`d_loss(real_logits, fake_logits, train_cfg)`, `g_loss(fake_logits)`); DCGAN, MLP GAN and SNGAN's."""
+
+    def discriminator_objective(
+        models: Models, real: Tensor, labels: Tensor, latent: Latent, options: ModelOptions, cfg: TrainConfig
+    ) -> Terms:
+        with torch.no_grad():
+            fake = models["generator"](latent.z)
+        real_logits, _ = models["discriminator"](real)
+        fake_logits, _ = models["discriminator"](fake)
+        loss = d_loss(real_logits, fake_logits, cfg)
+        return terms(loss, adversarial=loss)
+
+    def generator_objective(
+        models: Models, real: Tensor, labels: Tensor, latent: Latent, options: ModelOptions, cfg: TrainConfig
+    ) -> Terms:
+        fake_logits, _ = models["discriminator"](models["generator"](latent.z))
+        loss = g_loss(fake_logits)
+        return terms(loss, adversarial=loss)
+
+    return discriminator_objective, generator_objective
 
 
-def generator_objective(
-    models: Models, real: Tensor, labels: Tensor, latent: Latent, options: ModelOptions, cfg: TrainConfig
-) -> Terms:
-    fake_logits, _ = models["discriminator"](models["generator"](latent.z))
-    loss = dcgan_generator_loss(fake_logits)
-    return terms(loss, adversarial=loss)
+# Non-saturating loss, with one-sided label smoothing on the real target.
+discriminator_objective, generator_objective = single_logit_objectives(
+    lambda real, fake, cfg: dcgan_discriminator_loss(real, fake, cfg.label_smoothing), dcgan_generator_loss
+)
 
 
 FAMILY = Family("dcgan", DCGANOptions, build, discriminator_objective, generator_objective)

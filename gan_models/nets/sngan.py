@@ -17,18 +17,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from gan_models.losses import hinge_discriminator_loss, hinge_generator_loss
-from gan_models.nets.dcgan import BASE_SIDE, check_conv_shape, num_doublings
-from gan_models.nets.family import Family, Latent, ModelOptions, Models, Terms, terms
+from gan_models.nets.dcgan import BASE_SIDE, check_conv_shape, num_doublings, single_logit_objectives
+from gan_models.nets.family import Family, ModelOptions, Models
 from gan_models.nets.layers import ImageShape
 
 if TYPE_CHECKING:
-    from gan_models.config import TrainConfig
+    pass
 
 LEAK = 0.1  # the paper's LeakyReLU slope
 
@@ -131,23 +130,10 @@ def build(options: SNGANOptions, image_shape: ImageShape, num_classes: int) -> M
     }
 
 
-def discriminator_objective(
-    models: Models, real: Tensor, labels: Tensor, latent: Latent, options: SNGANOptions, cfg: TrainConfig
-) -> Terms:
-    with torch.no_grad():
-        fake = models["generator"](latent.z)
-    real_logits, _ = models["discriminator"](real)
-    fake_logits, _ = models["discriminator"](fake)
-    loss = hinge_discriminator_loss(real_logits, fake_logits)
-    return terms(loss, hinge=loss)
-
-
-def generator_objective(
-    models: Models, real: Tensor, labels: Tensor, latent: Latent, options: SNGANOptions, cfg: TrainConfig
-) -> Terms:
-    fake_logits, _ = models["discriminator"](models["generator"](latent.z))
-    loss = hinge_generator_loss(fake_logits)
-    return terms(loss, adversarial=loss)
+# Hinge loss: D's margin terms ignore label smoothing (a margin already caps how sure D gets).
+discriminator_objective, generator_objective = single_logit_objectives(
+    lambda real, fake, cfg: hinge_discriminator_loss(real, fake), hinge_generator_loss
+)
 
 
 FAMILY = Family("sngan", SNGANOptions, build, discriminator_objective, generator_objective)
