@@ -57,6 +57,11 @@ class DataConfig(_Section):
     val_size: int = Field(
         0, ge=0, description="validation images carved from train (seeded by label_seed; never labelled)"
     )
+    holdout_test_size: int = Field(
+        0,
+        ge=0,
+        description="test images carved from train when the source has no test split (folders, CelebA)",
+    )
     synthetic: SyntheticConfig = SyntheticConfig()
 
     @field_validator("dataset")
@@ -144,6 +149,12 @@ class RayConfig(_Section):
         None, description="checkpoints (shared storage for several nodes); null: <train.output_dir>/ray"
     )
     max_failures: int = Field(1, ge=-1, description="worker failures to recover from; -1: unlimited")
+    checkpoints_to_keep: int = Field(
+        2, ge=1, description="committed Ray checkpoints kept (each also carries the best epoch's)"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Ray Train's own console logs (its log files keep every level)"
+    )
 
 
 class EvaluateConfig(_Section):

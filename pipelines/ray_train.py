@@ -92,7 +92,14 @@ def finished_epochs(storage_path: str, run_name: str, epochs: int | None = None)
 def launch(cfg: Config, run_name: str | None = None, project: Path | None = None) -> str:
     """Validate, start (or join) Ray, train with Ray Train, return a one-line summary."""
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+        TrainingFailedError,
+    )
     from ray.train.torch import TorchTrainer
 
     # Validate before Ray starts: data, tracking store, resources of a local instance.
@@ -140,6 +147,8 @@ def launch(cfg: Config, run_name: str | None = None, project: Path | None = None
                 name=name,
                 storage_path=cfg.ray.storage_path,
                 failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
+                logging_config=LoggingConfig(log_level=cfg.ray.log_level),
             ),
         )
         try:

@@ -104,19 +104,48 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
 def load_image_folder(cfg: DataConfig, progress: Progress | None = None) -> RawDataset:
-    """Any folder of images: class sub-folders give labels (sorted names); a flat folder is unlabelled."""
+    """Any folder of images: class sub-folders give labels (sorted names); a flat folder is unlabelled.
+
+    The common split layout `train/<class>/...` with `test/<class>/...` and/or `val/<class>/...` (or flat
+    split folders) is read as those splits, with the class names of `train`.
+    """
     if cfg.source is None:
         raise DatasetError("dataset 'image-folder' needs --source DIR (the folder of images)")
     folder = source_dir(cfg, "image-folder", [])
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a directory")
+    subfolders = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    if "train" in subfolders and subfolders <= set(SPLIT_FOLDERS):
+        train = _one_folder(folder / "train", cfg, progress, None)
+        splits = {"train": train.splits["train"]}
+        for split in SPLIT_FOLDERS[1:]:
+            if split in subfolders:
+                splits[split] = _one_folder(folder / split, cfg, progress, train.class_names).splits["train"]
+        return RawDataset(splits, train.class_names)
+    return _one_folder(folder, cfg, progress, None)
+
+
+def _one_folder(
+    folder: Path, cfg: DataConfig, progress: Progress | None, known: list[str] | None
+) -> RawDataset:
+    """One folder as a train split: class sub-folders (named in `known`, if given) or flat, unlabelled."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if known is not None and classes and not set(classes) <= set(known):
+        extra = sorted(set(classes) - set(known))
+        raise DatasetError(f"{folder}: class folders {', '.join(extra)} are not classes of the train split")
+    if known and classes:
+        classes = known  # labels index the train split's classes; a class may be absent here
     if classes:
         loose = [p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
         if loose:
             raise DatasetError(f"{folder}: holds both class folders and loose images ({loose[0]}, ...)")
-        per_class = [_image_files(folder / c) for c in classes]
+        per_class = [_image_files(folder / c) if (folder / c).is_dir() else [] for c in classes]
+        if not any(per_class):
+            raise DatasetError(f"{folder}: its class folders hold no images")
         paths = [p for files in per_class for p in files]
         labels = np.concatenate([np.full(len(f), i, dtype=np.int64) for i, f in enumerate(per_class)])
     else:

@@ -29,8 +29,10 @@ def content_params(cfg: DataConfig) -> dict:
 def prepare_dataset(cfg: DataConfig, progress: Progress | None = None) -> PreparedDataset:
     """Read `cfg.dataset` from its source and write it to `<root>/<dataset>/` atomically."""
     raw = load_source(cfg, progress)
+    if cfg.holdout_test_size:
+        raw = carve_split(raw, "test", cfg.holdout_test_size, cfg.label_seed)
     if cfg.val_size:
-        raw = carve_validation(raw, cfg.val_size, cfg.label_seed)
+        raw = carve_split(raw, "val", cfg.val_size, cfg.label_seed)
     params = content_params(cfg)
     return write_prepared(
         raw,
@@ -43,21 +45,26 @@ def prepare_dataset(cfg: DataConfig, progress: Progress | None = None) -> Prepar
     )
 
 
-def carve_validation(raw: RawDataset, size: int, seed: int) -> RawDataset:
-    """Move a fixed, seeded choice of `size` train images into a `val` split (before the label split is
-    drawn, so validation images are never in the labelled pool and their labels never reach training)."""
-    if "val" in raw.splits:
-        return raw  # the source has its own
+_CARVE_KEYS = {"val": "data.val_size", "test": "data.holdout_test_size"}
+
+
+def carve_split(raw: RawDataset, split: str, size: int, seed: int) -> RawDataset:
+    """Move a fixed, seeded choice of `size` train images into split `split` ("val" or "test") unless the
+    source has its own. Done before the label split is drawn, so carved images are never in the
+    labelled pool and their labels never reach training."""
+    if split in raw.splits:
+        return raw
     images, labels = raw.splits["train"]
     if size >= len(labels):
         raise DatasetError(
-            f"data.val_size={size} leaves no training images (the train split holds {len(labels)})"
+            f"{_CARVE_KEYS[split]}={size} leaves no training images (the train split holds {len(labels)})"
         )
     chosen = np.zeros(len(labels), dtype=bool)
-    chosen[np.random.default_rng([seed, 0x7A1]).choice(len(labels), size=size, replace=False)] = True
+    salt = {"val": 0x7A1, "test": 0x7E5}[split]  # each split its own stream
+    chosen[np.random.default_rng([seed, salt]).choice(len(labels), size=size, replace=False)] = True
     splits = dict(raw.splits)
     splits["train"] = (images[~chosen], labels[~chosen])
-    splits["val"] = (images[chosen], labels[chosen])
+    splits[split] = (images[chosen], labels[chosen])
     return RawDataset(splits, raw.class_names, raw.source_md5, raw.source_info)
 
 

@@ -179,6 +179,43 @@ def test_image_folder_labels_from_subfolders_and_flat_is_unlabeled(tmp_path: Pat
     assert flat.class_names == [] and flat.splits["train"][1].tolist() == [-1, -1]
 
 
+def test_image_folder_in_the_train_test_layout_is_read_as_its_splits(tmp_path: Path) -> None:
+    for split, classes in (("train", ("cat", "dog")), ("test", ("dog",)), ("val", ("cat", "dog"))):
+        for cls in classes:
+            (tmp_path / "pets" / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(_images(1, 40)[0]).save(tmp_path / "pets" / split / cls / f"{i}.png")
+    raw = load_source(DataConfig(dataset="image-folder", source=tmp_path / "pets", image_size=16))
+    assert raw.class_names == ["cat", "dog"] and set(raw.splits) == {"train", "test", "val"}
+    assert raw.splits["test"][1].tolist() == [1, 1]  # labels index the train split's classes
+    (tmp_path / "pets" / "test" / "bird").mkdir()
+    with pytest.raises(DatasetError, match=r"class folders bird are not classes of the train split"):
+        load_source(DataConfig(dataset="image-folder", source=tmp_path / "pets", image_size=16))
+
+
+def test_a_source_without_a_test_split_gets_one_carved_seeded_and_never_labelled(tmp_path: Path) -> None:
+    from gan_models.data.prepare import prepare_dataset
+
+    for cls in ("cat", "dog"):
+        (tmp_path / "one" / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(_images(1, 40)[0]).save(tmp_path / "one" / cls / f"{i}.png")
+    cfg = DataConfig(
+        dataset="image-folder",
+        source=tmp_path / "one",
+        image_size=16,
+        root=tmp_path / "data",
+        holdout_test_size=6,
+        val_size=4,
+        labels_per_class=2,
+    )
+    ds = prepare_dataset(cfg)
+    counts = {s: ds.manifest["splits"][s]["count"] for s in ds.splits}
+    assert counts == {"train": 10, "test": 6, "val": 4}
+    assert ds.manifest["params"]["holdout_test_size"] == 6  # part of the data version
+    assert (np.asarray(ds.labeled_indices()) < 10).all()
+
+
 def test_image_that_does_not_decode_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "imgs").mkdir()
     Image.fromarray(_images(1)[0]).save(tmp_path / "imgs" / "good.png")

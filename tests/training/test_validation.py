@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gan_models.data.prepare import carve_validation
+from gan_models.data.prepare import carve_split
 from gan_models.data.prepared import PreparedDataset, write_prepared
 from gan_models.data.sources import RawDataset
 from gan_models.errors import ConfigError
@@ -29,7 +29,7 @@ def with_validation(path: Path, n: int = 400) -> PreparedDataset:
         plain.class_names,
     )
     return write_prepared(
-        carve_validation(raw, 160, seed=0),
+        carve_split(raw, "val", 160, seed=0),
         path / "val",
         name="tiny",
         labels_per_class=2,
