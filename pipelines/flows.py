@@ -21,7 +21,7 @@ from gan_models.config import DEFAULT_PARAMS, Config, load_config
 from gan_models.data.prepared import MANIFEST, sha256_file
 from gan_models.errors import GanOpsError
 from pipelines.tracking import ensure_experiment, finished_run, resolve_target, training_key
-from pipelines.train import run_name_for, train_job
+from pipelines.train import check_run_name, run_name_for, train_job
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -158,6 +158,8 @@ def retrain(
     """Version the data, train with Ray Train (skipped if this data and config already trained), evaluate,
     promote; publish a summary artifact."""
     root = Path(project or Path.cwd()).resolve()
+    if run_name is not None:
+        check_run_name(run_name)
     cfg = load_config(
         root / config_path if not Path(config_path).is_absolute() else Path(config_path), overrides
     )

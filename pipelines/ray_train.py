@@ -26,7 +26,7 @@ from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import GanOpsError
 from gan_models.training.loop import BEST_NAME, CHECKPOINT_NAME, EpochReport
 from pipelines.tracking import EXTRA_KEY, TrackingTarget, mark_failed
-from pipelines.train import Preflight, preflight, run_name_for, run_training
+from pipelines.train import Preflight, check_run_name, preflight, run_name_for, run_training
 
 STOPPED_EARLY = "stopped_early"  # reported with every epoch: 1.0 once train.patience stopped the run
 
@@ -104,6 +104,8 @@ def launch(cfg: Config, run_name: str | None = None, project: Path | None = None
 
     # Validate before Ray starts: data, tracking store, resources of a local instance.
     project = (project or Path.cwd()).resolve()
+    if run_name is not None:
+        check_run_name(run_name)  # before any work
     cfg = absolute_paths(cfg, project)
     dataset, checks = preflight(cfg, project)
     name = run_name or run_name_for(cfg, dataset)

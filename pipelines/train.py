@@ -10,6 +10,7 @@ arguments. `train_job` runs `ganops train` as a child process, for the flows.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +57,19 @@ class ReplicaMismatchError(GanOpsError):
 
 class TrainingTimeout(GanOpsError):
     """Training ran past `flow.train_timeout_s`; its Ray job was stopped and its MLflow run failed."""
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_name(name: str) -> str:
+    """A run name names a folder under train.output_dir and Ray's storage: one plain path component."""
+    if not _RUN_NAME.fullmatch(name) or ".." in name:
+        raise GanOpsError(
+            f"run name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or digit, "
+            "at most 128, no '..'): it names a folder, and may not leave train.output_dir"
+        )
+    return name
 
 
 def run_name_for(cfg: Config, dataset: PreparedDataset | str) -> str:
@@ -184,6 +198,8 @@ class EpochLine:
 def train_local(cfg: Config, run_name: str | None = None, project: Path | None = None) -> str:
     """`ganops train --no-ray`: train in this process (resuming the run's checkpoint), return a summary."""
     project = (project or Path.cwd()).resolve()
+    if run_name is not None:
+        check_run_name(run_name)  # before any work
     dataset, checks = preflight(cfg, project)
     name = run_name or run_name_for(cfg, dataset)
     run_dir = Path(cfg.train.output_dir) / name

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import GANOPS, run
 
@@ -70,3 +71,17 @@ def test_corrupted_data_fails_before_training(dvc_repo: Path) -> None:
 def test_missing_data_fails_clearly(dvc_repo: Path) -> None:
     proc = run([*GANOPS, "train", "--no-ray", *MODEL], cwd=dvc_repo, check=False)
     assert proc.returncode == 2 and "manifest.json: missing" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/path", "a/b", "..", ".hidden", ""])
+def test_run_names_that_leave_the_output_folder_are_refused_before_any_work(
+    name: str, tmp_path: Path
+) -> None:
+    from gan_models.config import load_config
+    from gan_models.errors import GanOpsError
+    from pipelines.train import train_local
+
+    cfg = load_config(None, [f"train.output_dir={tmp_path / 'runs'}", f"data.root={tmp_path / 'nodata'}"])
+    with pytest.raises(GanOpsError, match=r"run name .*it names a folder"):
+        train_local(cfg, name)  # the data does not exist either: the name is checked first
+    assert not (tmp_path / "runs").exists()
