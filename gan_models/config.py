@@ -152,6 +152,9 @@ class RayConfig(_Section):
     checkpoints_to_keep: int = Field(
         2, ge=1, description="committed Ray checkpoints kept (each also carries the best epoch's)"
     )
+    dashboard: bool = Field(
+        True, description="a local instance serves Ray's dashboard (and the State API Ray Train polls)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "WARNING", description="Ray Train's own console logs (its log files keep every level)"
     )

@@ -74,6 +74,16 @@ def local_resources() -> dict[str, float]:
     return {"CPU": float(len(os.sched_getaffinity(0))), "GPU": float(torch.cuda.device_count())}
 
 
+def ray_log_dir() -> str:
+    """Where this driver's Ray session writes its full logs (every level, every process)."""
+    try:
+        from ray._private.worker import global_worker  # no public API names the session directory
+
+        return str(Path(global_worker.node.get_session_dir_path()) / "logs")
+    except Exception:  # a changed private API: Ray's documented default
+        return "/tmp/ray/session_latest/logs"
+
+
 def finished_epochs(storage_path: str, run_name: str, epochs: int | None = None) -> int:
     """Epochs in the latest committed checkpoint of Ray run `run_name` (0 without one); a run that
     stopped early counts as `epochs` done (it is finished)."""
@@ -123,9 +133,13 @@ def launch(cfg: Config, run_name: str | None = None, project: Path | None = None
         try:
             # "local": a new instance of our own. Without an address ray.init joins whatever cluster
             # this machine started last (another user's, a test's) instead of the one documented.
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
+            context = ray.init(
+                address=address or "local", include_dashboard=cfg.ray.dashboard, log_to_driver=True
+            )
         except ConnectionError as e:
             raise ClusterError(f"cannot connect to the Ray cluster at {address}: {e}") from None
+        if address is None and context.dashboard_url:
+            print(f"Ray dashboard: http://{context.dashboard_url} (logs: {ray_log_dir()})", flush=True)
     try:
         available = ray.cluster_resources()
         use_gpu = wants_gpu(cfg, available.get("GPU", 0))

@@ -19,7 +19,7 @@ from tests.training.conftest import tiny_config, tiny_dataset
 EVAL = ("train.eval_every=1", "evaluate.domain_classifier_steps=30", "train.eval_images=150")
 
 
-def with_validation(path: Path, n: int = 400) -> PreparedDataset:
+def with_validation(path: Path, n: int = 320) -> PreparedDataset:
     plain = tiny_dataset(path / "plain", n=n)
     raw = RawDataset(
         {
@@ -40,10 +40,10 @@ def with_validation(path: Path, n: int = 400) -> PreparedDataset:
 
 def test_validation_is_carved_from_train_seeded_and_never_labelled(tmp_path: Path) -> None:
     ds = with_validation(tmp_path)
-    assert ds.manifest["splits"]["val"]["count"] == 160 and ds.manifest["splits"]["train"]["count"] == 240
+    assert ds.manifest["splits"]["val"]["count"] == 160 and ds.manifest["splits"]["train"]["count"] == 160
     train_images = {bytes(x) for x in np.asarray(ds.images("train"))}
     assert not any(bytes(x) in train_images for x in np.asarray(ds.images("val")))  # disjoint
-    assert (np.asarray(ds.labeled_indices()) < 240).all()  # the labelled pool indexes train only
+    assert (np.asarray(ds.labeled_indices()) < 160).all()  # the labelled pool indexes train only
     again = with_validation(tmp_path / "again")
     assert np.array_equal(np.asarray(again.images("val")), np.asarray(ds.images("val")))
 
