@@ -96,6 +96,43 @@ def test_resume_with_another_architecture_names_the_key(mnist_like: PreparedData
         )
 
 
+def test_resume_that_turns_a_trick_on_or_changes_the_classes_is_one_clear_error(
+    mnist_like: PreparedDataset, tmp_path: Path
+) -> None:
+    train(
+        tiny_config("model.name=dcgan", "train.epochs=1", "train.ema_decay=0"),
+        mnist_like,
+        out_dir=tmp_path / "run",
+    )
+    checkpoint = tmp_path / "run" / CHECKPOINT_NAME
+    with pytest.raises(CheckpointError, match=r"train.ema_decay is on here but was off when it was written"):
+        train(
+            tiny_config("model.name=dcgan", "train.epochs=2"),
+            mnist_like,
+            out_dir=tmp_path / "run",
+            resume=checkpoint,
+        )
+    with pytest.raises(CheckpointError, match=r"train.historical_averaging is on here but was off"):
+        train(
+            tiny_config(
+                "model.name=dcgan", "train.epochs=2", "train.ema_decay=0", "train.historical_averaging=0.1"
+            ),
+            mnist_like,
+            out_dir=tmp_path / "run",
+            resume=checkpoint,
+        )
+    state = load_checkpoint(checkpoint)  # as if written by a run on a 5-class dataset
+    state["num_classes"] = 5
+    save_checkpoint(checkpoint, {k: v for k, v in state.items() if k != "format_version"})
+    with pytest.raises(CheckpointError, match=r"classes: checkpoint 5, dataset 10"):
+        train(
+            tiny_config("model.name=dcgan", "train.epochs=2", "train.ema_decay=0"),
+            mnist_like,
+            out_dir=tmp_path / "run",
+            resume=checkpoint,
+        )
+
+
 def test_divergence_stops_with_step_and_loss_and_keeps_last_good_checkpoint(
     mnist_like: PreparedDataset, tmp_path: Path
 ) -> None:
