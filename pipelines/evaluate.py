@@ -65,18 +65,25 @@ def get_finished_run(target: TrackingTarget, run_id: str) -> Any:
     return run
 
 
-def run_config(run: Any) -> Config:
-    """The resolved config the run trained with: its `config.yaml` artifact (logged when training finished)."""
+def run_config(target: TrackingTarget, run: Any) -> Config:
+    """The resolved config the run trained with: its `config.yaml` artifact (logged when training finished).
+
+    Read through the run's own store (a server's `mlflow-artifacts:` URIs resolve only against it).
+    """
+    import tempfile
+
     import mlflow
     import yaml
 
-    try:
-        text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/config.yaml")
-    except Exception as e:  # MLflow raises several types (missing artifact, unreachable store)
-        raise GanOpsError(
-            f"run {run.info.run_id} has no readable config.yaml artifact ({type(e).__name__}); "
-            "it was not finished by `ganops train`"
-        ) from None
+    with tempfile.TemporaryDirectory(prefix="ganops-config-") as tmp:
+        try:
+            path = mlflow.MlflowClient(target.uri).download_artifacts(run.info.run_id, "config.yaml", tmp)
+            text = Path(path).read_text()
+        except Exception as e:  # MLflow raises several types (missing artifact, unreachable store)
+            raise GanOpsError(
+                f"run {run.info.run_id}: its config.yaml artifact cannot be read from {target.uri} "
+                f"({type(e).__name__}: {str(e).strip()[:200]})"
+            ) from None
     return Config.model_validate(yaml.safe_load(text))
 
 
@@ -111,7 +118,7 @@ def evaluate_run(
     project = (project or Path.cwd()).resolve()
     target = resolve_target(cfg.tracking, project)
     run = get_finished_run(target, run_id)
-    trained = run_config(run)
+    trained = run_config(target, run)
     dataset = dataset_of_run(run, trained, (project / cfg.data.root).resolve())
     models = run_models(target, run_id)
     if "generator" not in models:

@@ -167,7 +167,7 @@ def register_run(run_id: str, cfg: Config, project: Path | None = None) -> dict[
     if evaluated is None:
         raise GanOpsError(f"run {run_id} has not been evaluated: run `ganops evaluate --run {run_id}` first")
     metrics, info = evaluated
-    trained = run_config(run)
+    trained = run_config(target, run)
     registry = Registry(target.uri)
     tags = {
         "run_id": run_id,
