@@ -115,6 +115,7 @@ def run_training(
 ) -> TrainResult:
     """Train `cfg` as run `run_name` on this rank, tracked in MLflow by rank 0; resume from `resume`."""
     out_dir = Path(cfg.train.output_dir) / run_name
+    here = device or torch.device("cpu")  # where this rank's collectives run
     extra = read_resume_info(resume).extra if resume is not None and rank == 0 else {}
     tracker = None
     if rank == 0:
@@ -134,13 +135,12 @@ def run_training(
 
     def on_epoch(epoch_report: EpochReport) -> None:
         # Training metrics are averaged over the ranks; validation is rank 0's alone.
-        metrics = mean_over_ranks(epoch_report.metrics, world_size, device or torch.device("cpu"))
+        metrics = mean_over_ranks(epoch_report.metrics, world_size, here)
         metrics |= epoch_report.validation
         checkpoint_epoch = epoch_report.epoch % cfg.train.checkpoint_every == 0
-        if world_size > 1 and (checkpoint_epoch or epoch_report.epoch == cfg.train.epochs):
-            check_identical(
-                live, device or torch.device("cpu"), f"before the epoch-{epoch_report.epoch} checkpoint"
-            )
+        last = epoch_report.epoch == cfg.train.epochs or epoch_report.stopped
+        if world_size > 1 and (checkpoint_epoch or last):
+            check_identical(live, here, f"before the epoch-{epoch_report.epoch} checkpoint")
             metrics["replicas_identical"] = 1.0
         if tracker is not None:
             tracker.log_epoch(epoch_report.epoch, epoch_report.step, metrics, epoch_report.samples)
@@ -153,7 +153,7 @@ def run_training(
         on_epoch=on_epoch,
         wrap=wrap_and_remember if world_size > 1 else None,
         extra_state=(lambda: {EXTRA_KEY: tracker.run_id}) if tracker is not None else None,
-        agree=(lambda stop: rank_zero_says(stop, device or torch.device("cpu"))) if world_size > 1 else None,
+        agree=(lambda stop: rank_zero_says(stop, here)) if world_size > 1 else None,
     )
     try:
         result = train(
