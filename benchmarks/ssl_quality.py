@@ -6,6 +6,11 @@ One run per invocation (a seed and a mode), appended as a JSON line to benchmark
     uv run python benchmarks/ssl_quality.py --dataset mnist --mode ssgan --seed 0 --epochs 20
     uv run python benchmarks/ssl_quality.py --dataset mnist --mode supervised --seed 0 --epochs 5
     uv run python benchmarks/ssl_quality.py --summary
+    uv run python benchmarks/ssl_quality.py --dataset mnist --ablation --seeds 0 1 --epochs 3
+    uv run python benchmarks/ssl_quality.py --ablation-summary
+
+`--ablation` runs improved-gan's recipe (the defaults) and, for each deviation the code can take
+instead, the same budget with only that option changed (`ABLATIONS`); rows carry the variant's name.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results" / "ssl.jsonl"
+ABLATION_RESULTS = Path(__file__).parent / "results" / "ssl_ablation.jsonl"
 SHARED = Path(
     os.environ.get("GANOPS_SOURCE_ROOT", Path(__file__).resolve().parents[2] / "shared" / "datasets")
 )
@@ -42,6 +48,44 @@ DATASETS = {
         "train.lr_g=0.0003",
     ],
 }
+
+
+# Each of improved-gan's choices against the alternative the code can take (the earlier defaults).
+ABLATIONS: dict[str, list[str]] = {
+    "improved-gan (defaults)": [],
+    "no data-dependent init": ["model.data_init=false"],
+    "hidden WN scales trained": ["model.train_hidden_scales=true"],
+    "feature matching, other distance": ["train.feature_matching_distance=OTHER"],
+    "FM target: D's unlabelled batch": ["train.feature_matching_target=unlabeled"],
+    "MNIST input noise 0.3 on [-1, 1]": ["model.input_noise=0.3"],
+    "Adam eps 1e-8": ["train.adam_eps=1e-8"],
+    "z ~ N(0, I)": ["model.latent=normal"],
+    "G batch norm with scale": ["model.g_bn_scale=true"],
+    "EMA 0.999": ["train.ema_decay=0.999"],
+    "all of the above (the old recipe)": [
+        "model.data_init=false",
+        "model.train_hidden_scales=true",
+        "train.feature_matching_distance=l2",
+        "train.feature_matching_target=unlabeled",
+        "model.input_noise=0.3",
+        "train.adam_eps=1e-8",
+        "model.latent=normal",
+        "model.g_bn_scale=true",
+        "train.ema_decay=0.999",
+    ],
+}
+# improved-gan's feature-matching distance per dataset's nets; the ablation takes the other one.
+_OTHER_DISTANCE = {"mnist": "l1", "synthetic-svhn": "l2"}
+
+
+def ablation_overrides(dataset: str, variant: str) -> list[str]:
+    """The overrides of `variant` on `dataset` (MNIST-only options are dropped on other data)."""
+    out = []
+    for o in ABLATIONS[variant]:
+        if o.startswith("model.input_noise") and dataset != "mnist":
+            continue
+        out.append(o.replace("OTHER", _OTHER_DISTANCE[dataset]))
+    return out
 
 
 def run(
@@ -159,6 +203,37 @@ def summary() -> None:
         )
 
 
+def dataset_skips(dataset: str, variant: str) -> bool:
+    """A variant that changes nothing on `dataset` (the MNIST-only input noise elsewhere)."""
+    return bool(ABLATIONS[variant]) and not ablation_overrides(dataset, variant)
+
+
+def ablation_summary() -> None:
+    """Per dataset and budget: each variant's mean +- std error, and its difference to the defaults."""
+    rows = [json.loads(line) for line in ABLATION_RESULTS.read_text().splitlines() if line.strip()]
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in rows:
+        budget = (r["dataset"], r["labels"], r["epochs"], r["lr_decay_start"] or 0)
+        groups.setdefault(budget, {}).setdefault(r["variant"], []).append(r)
+    for (dataset, labels, epochs, decay), variants in sorted(groups.items()):
+        print(f"\n{dataset}, {labels} labels, {epochs} epochs (decay from {decay}):")
+        reference = variants.get("improved-gan (defaults)")
+        ref_mean = statistics.mean(100 * r["test_error_ema"] for r in reference) if reference else None
+        print(f"| variant | seeds | test error % (EMA D) | per seed | vs defaults | train s/run |")
+        print("|---|---:|---:|---|---:|---:|")
+        for variant in ABLATIONS:
+            rs = variants.get(variant)
+            if not rs:
+                continue
+            mean = statistics.mean(100 * r["test_error_ema"] for r in rs)
+            delta = f"{mean - ref_mean:+.2f}" if ref_mean is not None else "n/a"
+            seeds = ", ".join(f"{100 * r['test_error_ema']:.2f}" for r in sorted(rs, key=lambda r: r["seed"]))
+            train_s = statistics.mean(r["train_s"] for r in rs)
+            print(
+                f"| {variant} | {len(rs)} | {_mean_std(rs, 'test_error_ema')} | {seeds} | {delta} | {train_s:.0f} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
@@ -170,11 +245,30 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=Path("/tmp/ganops-bench/data"))
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra config override")
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument("--ablation", action="store_true", help="run every variant of ABLATIONS")
+    parser.add_argument("--variants", nargs="*", default=None, help="only these ABLATIONS entries")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
+    parser.add_argument("--ablation-summary", action="store_true")
     args = parser.parse_args()
     if args.summary:
         summary()
         return
+    if args.ablation_summary:
+        ablation_summary()
+        return
     torch.set_num_threads(args.threads)
+    if args.ablation:
+        for variant in args.variants or ABLATIONS:
+            if dataset_skips(args.dataset, variant):
+                continue
+            for seed in args.seeds:
+                extra = ablation_overrides(args.dataset, variant) + args.extra
+                row = run(args.dataset, args.mode, seed, args.epochs, args.decay, args.data_root, extra)
+                row["variant"] = variant
+                print(json.dumps(row), flush=True)
+                with open(ABLATION_RESULTS, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+        return
     row = run(args.dataset, args.mode, args.seed, args.epochs, args.decay, args.data_root, args.extra)
     print(json.dumps(row))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

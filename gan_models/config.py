@@ -89,17 +89,29 @@ class TrainConfig(_Section):
     lr_g: float = Field(3e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
+    adam_eps: float = Field(
+        1e-4, gt=0, description="Adam's epsilon; 1e-4 is improved-gan's sqrt(v + 1e-8) in torch's form"
+    )
     lr_decay_start: int | None = Field(None, ge=0, description="epoch after which lr decays linearly to 0")
     feature_matching: bool = True
-    feature_matching_target: Literal["unlabeled", "all"] = Field(
-        "unlabeled", description="SSGAN: real images whose mean features G matches (all: labelled too)"
+    feature_matching_target: Literal["independent", "unlabeled", "all"] = Field(
+        "independent",
+        description="SSGAN: real images whose mean features G matches: an independent unlabelled batch "
+        "(improved-gan), the D step's unlabelled batch, or all of the D step's batch",
+    )
+    feature_matching_distance: Literal["auto", "l1", "l2"] = Field(
+        "auto",
+        description="SSGAN: mean |difference| (l1) or squared difference (l2) of the mean features; "
+        "auto: improved-gan's choice per net (l2 for the MNIST MLP, l1 for the conv nets)",
     )
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="one-sided: real target is 1 - value")
     historical_averaging: float = Field(0.0, ge=0)
     unlabeled_weight: float = Field(1.0, ge=0)
     info_weight: float = Field(1.0, ge=0)
     conditional_weight: float = Field(1.0, ge=0, description="StackedGAN's conditional (encoder) losses")
-    ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_decay: float = Field(
+        0.9999, ge=0, lt=1, description="EMA of G and D (improved-gan tests weights averaged at rate 1e-4)"
+    )
     grad_clip: float | None = Field(None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(

@@ -68,9 +68,15 @@ def ssgan_generator_loss(logits_fake: Tensor) -> Tensor:
     return F.softplus(-torch.logsumexp(logits_fake.float(), dim=1)).mean()
 
 
-def feature_matching_loss(real_features: Tensor, fake_features: Tensor) -> Tensor:
-    """Mean over feature dims of (batch mean of real - batch mean of fake)^2; real is not differentiated."""
-    return (real_features.detach().float().mean(0) - fake_features.float().mean(0)).square().mean()
+def feature_matching_loss(real_features: Tensor, fake_features: Tensor, distance: str = "l2") -> Tensor:
+    """Mean over feature dims of |batch mean of real - batch mean of fake|, squared for "l2" (improved-gan's
+    MNIST script) or not for "l1" (its SVHN and CIFAR scripts); real is not differentiated."""
+    difference = real_features.detach().float().mean(0) - fake_features.float().mean(0)
+    if distance == "l1":
+        return difference.abs().mean()
+    if distance == "l2":
+        return difference.square().mean()
+    raise ValueError(f"feature matching distance must be 'l1' or 'l2', got {distance!r}")
 
 
 # DCGAN and other single-logit discriminators.

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gan_models.nets.layers import MinibatchDiscrimination
+from gan_models.nets.layers import MinibatchDiscrimination, is_fixed
 
 __all__ = ["EMA", "HistoricalAveraging", "MinibatchDiscrimination", "clip_gradients", "set_requires_grad"]
 
@@ -108,6 +108,10 @@ def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float | None) -
 
 
 def set_requires_grad(modules: Iterable[nn.Module], flag: bool) -> None:
-    """Freeze (False) or unfreeze (True) every parameter of `modules`, e.g. D during the G step."""
+    """Freeze (False) or unfreeze (True) every parameter of `modules`, e.g. D during the G step.
+
+    Parameters kept out of training for good (`gan_models.nets.layers.fix`) stay frozen.
+    """
     for module in modules:
-        module.requires_grad_(flag)
+        for p in module.parameters():
+            p.requires_grad_(flag and not is_fixed(p))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -103,6 +103,24 @@ def latent_width(options: Any, num_classes: int) -> int:
 Objective = Callable[[Models, Tensor, Tensor, Latent, Any, "TrainConfig"], Terms]
 
 
+class TrainingData(Protocol):
+    """The train split as the loop holds it (`gan_models.training.batches.DeviceData`)."""
+
+    images: Tensor  # uint8 (N, C, H, W) in [0, 255]
+    labels: Tensor  # int64 (N,), -1 where the label may not be used
+    labeled: Tensor  # int64 indices of the usable labels
+
+    def real(self, indices: Tensor) -> Tensor:
+        """Images `indices` as floats in [-1, 1] on the data's device."""
+        ...
+
+
+# (models, train split, options, train config, CPU generator) -> None: sets weights from data before
+# the first step (never on resume). It must give the same weights on every rank: draw only from the
+# generator, which every rank seeds alike.
+Initializer = Callable[[Models, TrainingData, Any, "TrainConfig", torch.Generator], None]
+
+
 @dataclass(frozen=True)
 class Family:
     """One model family. `discriminator_objective` trains every network but "generator" (which runs
@@ -122,6 +140,11 @@ class Family:
     needs_labeled_batch: bool = False
     # Classes of a conditional family's code (sample grids show one per column); None: unconditional.
     grid_classes: Callable[[Any, int], int] | None = None
+    # Data-dependent initialisation or pre-training, run once before the first step; None: none.
+    initialize: Initializer | None = None
+    # Whether the generator step gets its own, independent unlabelled batch (improved-gan's
+    # `trainx_unl2`) instead of the discriminator step's batch: (options, train config) -> bool.
+    independent_generator_batch: Callable[[Any, TrainConfig], bool] | None = None
 
     @property
     def has_classifier(self) -> bool:

@@ -16,18 +16,84 @@ def image_numel(shape: ImageShape) -> int:
     return math.prod(shape)
 
 
-def wn(layer: nn.Conv2d | nn.Linear, relu_slope: float | None = None) -> nn.Module:
-    """Weight-normalised `layer` (Salimans & Kingma 2016), as in the improved-gan discriminators.
+def wn(
+    layer: nn.Conv2d | nn.ConvTranspose2d | nn.Linear,
+    relu_slope: float | None = None,
+    *,
+    init_scale: float | None = 1.0,
+    train_scale: bool = True,
+) -> nn.Module:
+    """Weight-normalised `layer` (Salimans & Kingma 2016), as in the improved-gan networks.
 
-    With `relu_slope` (0 for ReLU) the direction is He-initialised first. improved-gan instead sets the
-    scales from a data batch; either way activations keep their scale through deep stacks, where
-    torch's default init shrinks them layer after layer.
+    With `relu_slope` (0 for ReLU) the direction is He-initialised first, so activations keep their
+    scale through deep stacks even without `data_dependent_init`, which then sets each scale and bias
+    from a data batch so that the pre-activations have mean 0 and std `init_scale` per channel
+    (`init_scale=None`: a layer that init leaves alone).
+    `train_scale=False` keeps the scale where that init put it (improved-gan's hidden layers,
+    `train_g=False`): only the direction and bias learn.
     """
     if relu_slope is not None:
         nn.init.kaiming_normal_(layer.weight, a=relu_slope, nonlinearity="leaky_relu")
         if layer.bias is not None:
             nn.init.zeros_(layer.bias)
-    return weight_norm(layer)
+    # ConvTranspose2d keeps its output channels in dim 1 of the weight.
+    normed = weight_norm(layer, dim=1 if isinstance(layer, nn.ConvTranspose2d) else 0)
+    if init_scale is not None:
+        normed.wn_init_scale = init_scale  # type: ignore[assignment]
+    if not train_scale:
+        fix(normed.parametrizations.weight.original0)
+    return normed
+
+
+def fix(parameter: nn.Parameter) -> None:
+    """Keep `parameter` out of training for good (`gan_models.tricks.set_requires_grad` skips it)."""
+    parameter.requires_grad_(False)
+    parameter.fixed = True  # type: ignore[attr-defined]
+
+
+def is_fixed(parameter: nn.Parameter) -> bool:
+    return bool(getattr(parameter, "fixed", False))
+
+
+def trainable(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters of `module` an optimiser steps (every one not `fix`ed)."""
+    return [p for p in module.parameters() if not is_fixed(p)]
+
+
+@torch.no_grad()
+def data_dependent_init(module: nn.Module, *inputs: Tensor) -> None:
+    """improved-gan's init (`nn.py`, `init_updates`): one forward pass of `inputs` that, layer by layer,
+    sets each weight-normed layer's scale g and bias b so its pre-activations on this batch have mean 0
+    and std `wn_init_scale` per output channel; later layers see the normalised outputs of earlier ones.
+
+    Runs in the module's current mode (improved-gan initialises with dropout and noise on).
+    """
+
+    done: set[nn.Module] = set()
+
+    def normalise(layer: nn.Module, _: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        if layer in done:  # a second call would re-normalise on a part of the batch
+            raise RuntimeError(f"data_dependent_init: {type(layer).__name__} ran twice in one forward pass")
+        done.add(layer)
+        axes = [d for d in range(out.dim()) if d != 1]
+        shape = [1] * out.dim()
+        shape[1] = -1
+        bias = layer.bias if layer.bias is not None else torch.zeros(out.shape[1], device=out.device)
+        pre = out - bias.view(shape)
+        mean = pre.mean(axes)
+        inv_std = layer.wn_init_scale / (pre - mean.view(shape)).square().mean(axes).add(1e-12).sqrt()
+        g = layer.parametrizations.weight.original0
+        g.mul_(inv_std.view(g.shape))
+        if layer.bias is not None:
+            layer.bias.copy_(-mean * inv_std)
+        return (pre - mean.view(shape)) * inv_std.view(shape)
+
+    handles = [m.register_forward_hook(normalise) for m in module.modules() if hasattr(m, "wn_init_scale")]
+    try:
+        module(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def init_dcgan_weights(module: nn.Module) -> None:

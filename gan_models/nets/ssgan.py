@@ -4,14 +4,26 @@ The discriminator is a K-class classifier; "real" is the implicit class K+1 with
 D(x) = Z / (Z + 1) with Z = sum_k exp(l_k) (see `gan_models.losses`). It returns the K logits and its
 penultimate features, which the generator matches under feature matching.
 
-Architectures follow the official `improved-gan` code: for 32x32 (SVHN, CIFAR) a weight-normalised
-conv net with dropout and global average pooling (96/192 channels there; d_features and 2*d_features
-here), and for 28x28 (MNIST) an MLP with Gaussian noise on every layer's input. The 32x32 generator is
-`DCGANGenerator`; the MNIST one is `SSGANMLPGenerator`.
+The networks and the recipe follow the official code (openai/improved-gan, `mnist_svhn_cifar10/`);
+each deviation that could change learning is an option whose default is the reference's:
+- 32x32 (SVHN, CIFAR): a weight-normalised conv D with dropout and global average pooling (SVHN's
+  64/128 channels at `d_features=64`; CIFAR's script uses 96/192), and a generator of 5x5 transposed
+  convs with batch norm without a learned scale, ending in a weight-normed tanh layer
+  (`SSGANConvGenerator`; `generator=dcgan` takes `DCGANGenerator` instead);
+- 28x28 (MNIST): an MLP D with Gaussian noise on every layer's input (`input_noise` 0.6 on [-1, 1]
+  pixels is the reference's 0.3 on [0, 1]) and the 500-500 softplus MLP generator;
+- every weight-normed layer gets improved-gan's data-dependent init before the first step
+  (`data_init`), and only the output layers train their scales (`train_hidden_scales`);
+- the generator's noise is uniform on [0, 1] (`latent`); feature matching is the mean |difference| of
+  mean features on the conv nets and its square on the MLP (`train.feature_matching_distance`), against
+  an independent unlabelled batch (`train.feature_matching_target`); Adam's epsilon and the test-time
+  weight average are `train.adam_eps` and `train.ema_decay`.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -24,40 +36,62 @@ from gan_models.losses import (
     ssgan_discriminator_loss,
     ssgan_generator_loss,
 )
-from gan_models.nets.dcgan import DCGANGenerator
+from gan_models.nets.dcgan import BASE_SIDE, DCGANGenerator, num_doublings
 from gan_models.nets.family import (
+    Draws,
     Family,
     Latent,
     ModelOptions,
     Models,
     Terms,
+    TrainingData,
     require_classes,
     terms,
     unsupported,
 )
-from gan_models.nets.layers import GaussianNoise, ImageShape, MinibatchDiscrimination, image_numel, wn
+from gan_models.nets.layers import (
+    GaussianNoise,
+    ImageShape,
+    MinibatchDiscrimination,
+    data_dependent_init,
+    fix,
+    image_numel,
+    wn,
+)
 
 if TYPE_CHECKING:
     from gan_models.config import TrainConfig
 
-# improved-gan's MNIST discriminator widths and noise levels.
+# improved-gan's MNIST discriminator widths and noise levels (the input's is an option: `input_noise`).
 MLP_HIDDEN = (1000, 500, 250, 250, 250)
-MLP_INPUT_NOISE = 0.3
 MLP_HIDDEN_NOISE = 0.5
+# improved-gan initialises on 500 training images (`init_param(trainx[:500])`).
+INIT_IMAGES = 500
 
 
 def _classifier_head(
-    in_features: int, num_classes: int, minibatch: tuple[int, int] | None
+    in_features: int, num_classes: int, minibatch: tuple[int, int] | None, init_scale: float
 ) -> tuple[nn.Module, nn.Module]:
-    """(optional minibatch discrimination, weight-normed linear to K logits)."""
-    if minibatch is None:
-        return nn.Identity(), wn(nn.Linear(in_features, num_classes))
-    mbd = MinibatchDiscrimination(in_features, *minibatch)
-    return mbd, wn(nn.Linear(mbd.out_features, num_classes))
+    """(optional minibatch discrimination, weight-normed linear to K logits, its scale trained)."""
+    mbd: nn.Module = nn.Identity()
+    if minibatch is not None:
+        mbd = MinibatchDiscrimination(in_features, *minibatch)
+        in_features = mbd.out_features
+    return mbd, wn(nn.Linear(in_features, num_classes), init_scale=init_scale)
 
 
 class _SSGANDiscriminator(nn.Module):
     minibatch: nn.Module
+    cpu_chunk: int | None = None  # split larger CPU batches into chunks of this many (None: never)
+
+    @contextlib.contextmanager
+    def whole_batches(self) -> Iterator[None]:
+        """Run each batch in one pass (the data-dependent init needs one batch's statistics)."""
+        chunk, self.cpu_chunk = self.cpu_chunk, None
+        try:
+            yield
+        finally:
+            self.cpu_chunk = chunk
 
     @property
     def mixes_examples(self) -> bool:
@@ -75,7 +109,7 @@ class SSGANConvDiscriminator(_SSGANDiscriminator):
     # On a CPU, convolutions over more images than this fall out of cache: three chunks of 128 train
     # 30% faster than one pass of 384 in fp32 (benchmarks/RESULTS.md). The trunk treats every example
     # on its own, so chunks give the same features.
-    cpu_chunk = 128
+    cpu_chunk: int | None = 128
 
     def __init__(
         self,
@@ -85,6 +119,7 @@ class SSGANConvDiscriminator(_SSGANDiscriminator):
         input_dropout: float,
         dropout: float,
         minibatch: tuple[int, int] | None = None,
+        train_hidden_scales: bool = False,
     ) -> None:
         super().__init__()
         nc = image_shape[0]
@@ -93,7 +128,8 @@ class SSGANConvDiscriminator(_SSGANDiscriminator):
         self.num_classes = num_classes
 
         def conv(cin: int, cout: int, k: int, stride: int = 1, pad: int = 1) -> list[nn.Module]:
-            return [wn(nn.Conv2d(cin, cout, k, stride, pad), relu_slope=0.2), nn.LeakyReLU(0.2, True)]
+            layer = wn(nn.Conv2d(cin, cout, k, stride, pad), relu_slope=0.2, train_scale=train_hidden_scales)
+            return [layer, nn.LeakyReLU(0.2, True)]
 
         self.trunk = nn.Sequential(
             nn.Dropout(input_dropout),
@@ -112,10 +148,11 @@ class SSGANConvDiscriminator(_SSGANDiscriminator):
             nn.Flatten(),  # df*2
         )
         self.feature_dim = df2
-        self.minibatch, self.head = _classifier_head(df2, num_classes, minibatch)
+        # improved-gan's output layer: init std 0.1, its scale trained.
+        self.minibatch, self.head = _classifier_head(df2, num_classes, minibatch, init_scale=0.1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if x.device.type == "cpu" and len(x) > self.cpu_chunk:
+        if x.device.type == "cpu" and self.cpu_chunk is not None and len(x) > self.cpu_chunk:
             features = torch.cat([self.trunk(chunk) for chunk in x.split(self.cpu_chunk)])
         else:
             features = self.trunk(x)
@@ -134,46 +171,109 @@ class SSGANMLPDiscriminator(_SSGANDiscriminator):
         num_classes: int,
         minibatch: tuple[int, int] | None = None,
         hidden: tuple[int, ...] = MLP_HIDDEN,
+        input_noise: float = 0.6,
+        train_hidden_scales: bool = False,
     ) -> None:
         super().__init__()
         self.image_shape = image_shape
         self.num_classes = num_classes
-        layers: list[nn.Module] = [nn.Flatten(), GaussianNoise(MLP_INPUT_NOISE)]
+        layers: list[nn.Module] = [nn.Flatten(), GaussianNoise(input_noise)]
         width = image_numel(image_shape)
         for i, out in enumerate(hidden):
             if i > 0:
                 layers.append(GaussianNoise(MLP_HIDDEN_NOISE))
-            layers += [wn(nn.Linear(width, out), relu_slope=0.0), nn.ReLU(True)]
+            layers += [
+                wn(nn.Linear(width, out), relu_slope=0.0, train_scale=train_hidden_scales),
+                nn.ReLU(True),
+            ]
             width = out
         self.trunk = nn.Sequential(*layers)
         self.feature_dim = width
         self.head_noise = GaussianNoise(MLP_HIDDEN_NOISE)
-        self.minibatch, self.head = _classifier_head(width, num_classes, minibatch)
+        # improved-gan's MNIST output layer (its older `DenseLayer`): init std 1, its scale trained.
+        self.minibatch, self.head = _classifier_head(width, num_classes, minibatch, init_scale=1.0)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         features = self.trunk(x)
         return self.head(self.minibatch(self.head_noise(features))), features
 
 
+def _batch_norm(cls: type[nn.BatchNorm1d] | type[nn.BatchNorm2d], width: int, scale: bool) -> nn.Module:
+    """Batch norm with a learned shift; its scale fixed at 1 unless `scale` (improved-gan: `g=None`)."""
+    bn = cls(width)
+    if not scale:
+        fix(bn.weight)
+    return bn
+
+
 class SSGANMLPGenerator(nn.Module):
     """improved-gan's MNIST generator: z -> 500 -> 500 (BN, softplus) -> image, tanh to [-1, 1]."""
 
-    def __init__(self, latent_dim: int, image_shape: ImageShape, hidden: int = 500) -> None:
+    def __init__(
+        self, latent_dim: int, image_shape: ImageShape, hidden: int = 500, bn_scale: bool = False
+    ) -> None:
         super().__init__()
         self.input_dim = latent_dim
         self.image_shape = image_shape
+        out = wn(nn.Linear(hidden, image_numel(image_shape)), init_scale=None)
+        # improved-gan's `l2normalize` starts every output unit's weight norm at 1.
+        nn.init.ones_(out.parametrizations.weight.original0)
         self.net = nn.Sequential(
             nn.Linear(latent_dim, hidden, bias=False),
-            nn.BatchNorm1d(hidden),
+            _batch_norm(nn.BatchNorm1d, hidden, bn_scale),
             nn.Softplus(),
             nn.Linear(hidden, hidden, bias=False),
-            nn.BatchNorm1d(hidden),
+            _batch_norm(nn.BatchNorm1d, hidden, bn_scale),
             nn.Softplus(),
             # improved-gan ends in a weight-normed sigmoid layer on [0, 1] pixels; tanh is its [-1, 1] twin.
-            wn(nn.Linear(hidden, image_numel(image_shape))),
+            out,
             nn.Tanh(),
             nn.Unflatten(1, image_shape),
         )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+class SSGANConvGenerator(nn.Module):
+    """improved-gan's SVHN/CIFAR generator: dense to (8g) x 4 x 4, then 5x5 stride-2 transposed convs
+    halving the width (BN, ReLU), then a weight-normed 5x5 transposed conv to the image and tanh.
+
+    At g_features=64 this is the reference's 512 x 4 x 4 -> 256 x 8 x 8 -> 128 x 16 x 16 -> 3 x 32 x 32
+    (64x64 images get one more block). Weights start N(0, 0.05) as there; the output layer's scale is
+    then set by the data-dependent init (std 0.1) and trained.
+    """
+
+    def __init__(
+        self, latent_dim: int, image_shape: ImageShape, g_features: int, bn_scale: bool = False
+    ) -> None:
+        super().__init__()
+        nc, side, _ = image_shape
+        base, n = BASE_SIDE[side], num_doublings(side)
+        width = g_features * 8
+        self.input_dim = latent_dim
+        self.image_shape = image_shape
+        layers: list[nn.Module] = [
+            nn.Linear(latent_dim, width * base * base, bias=False),
+            nn.Unflatten(1, (width, base, base)),
+            _batch_norm(nn.BatchNorm2d, width, bn_scale),
+            nn.ReLU(True),
+        ]
+        for _ in range(n - 1):
+            out = max(width // 2, g_features)
+            layers += [
+                nn.ConvTranspose2d(width, out, 5, 2, 2, output_padding=1, bias=False),
+                _batch_norm(nn.BatchNorm2d, out, bn_scale),
+                nn.ReLU(True),
+            ]
+            width = out
+        head = nn.ConvTranspose2d(width, nc, 5, 2, 2, output_padding=1)
+        for m in [*layers, head]:
+            if isinstance(m, (nn.Linear, nn.ConvTranspose2d)):
+                nn.init.normal_(m.weight, 0.0, 0.05)
+        nn.init.zeros_(head.bias)
+        layers += [wn(head, init_scale=0.1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
@@ -186,6 +286,25 @@ class SSGANOptions(ModelOptions):
     name: Literal["ssgan"] = "ssgan"
     d_input_dropout: float = Field(0.2, ge=0, lt=1, description="dropout on the conv D's input images")
     d_dropout: float = Field(0.5, ge=0, lt=1, description="dropout after each conv D's stride-2 block")
+    input_noise: float = Field(
+        0.6,
+        ge=0,
+        description="std of the MNIST D's input noise on [-1, 1] pixels (improved-gan: 0.3 on [0, 1])",
+    )
+    data_init: bool = Field(
+        True, description="improved-gan's data-dependent init of the weight-normed layers"
+    )
+    train_hidden_scales: bool = Field(
+        False,
+        description="train the hidden weight-normed layers' scales too (improved-gan: output layers only)",
+    )
+    latent: Literal["uniform", "normal"] = Field(
+        "uniform", description="z ~ U[0, 1] (improved-gan) or N(0, I)"
+    )
+    generator: Literal["improved-gan", "dcgan"] = Field(
+        "improved-gan", description="32x32/64x64 generator: improved-gan's 5x5 one, or the DCGAN generator"
+    )
+    g_bn_scale: bool = Field(False, description="learn the generator's batch-norm scales (improved-gan: no)")
 
 
 def build(options: SSGANOptions, image_shape: ImageShape, num_classes: int) -> Models:
@@ -193,12 +312,25 @@ def build(options: SSGANOptions, image_shape: ImageShape, num_classes: int) -> M
     _, h, w = image_shape
     if (h, w) == (28, 28):
         return {
-            "generator": SSGANMLPGenerator(options.latent_dim, image_shape),
-            "discriminator": SSGANMLPDiscriminator(image_shape, num_classes, options.minibatch),
+            "generator": SSGANMLPGenerator(options.latent_dim, image_shape, bn_scale=options.g_bn_scale),
+            "discriminator": SSGANMLPDiscriminator(
+                image_shape,
+                num_classes,
+                options.minibatch,
+                input_noise=options.input_noise,
+                train_hidden_scales=options.train_hidden_scales,
+            ),
         }
     if h == w and h in (32, 64):
+        generator: nn.Module
+        if options.generator == "improved-gan":
+            generator = SSGANConvGenerator(
+                options.latent_dim, image_shape, options.g_features, bn_scale=options.g_bn_scale
+            )
+        else:
+            generator = DCGANGenerator(options.latent_dim, image_shape, options.g_features)
         return {
-            "generator": DCGANGenerator(options.latent_dim, image_shape, options.g_features),
+            "generator": generator,
             "discriminator": SSGANConvDiscriminator(
                 image_shape,
                 num_classes,
@@ -206,9 +338,34 @@ def build(options: SSGANOptions, image_shape: ImageShape, num_classes: int) -> M
                 options.d_input_dropout,
                 options.d_dropout,
                 options.minibatch,
+                train_hidden_scales=options.train_hidden_scales,
             ),
         }
     raise unsupported(options.name, image_shape, "square sides 28 (MLP nets), 32, 64")
+
+
+def sample_latent(options: SSGANOptions, draws: Draws, num_classes: int) -> Latent:
+    if options.latent == "uniform":
+        return Latent(draws.uniform(options.latent_dim, 0.0, 1.0))
+    return Latent(draws.normal(options.latent_dim))
+
+
+def initialize(
+    models: Models, data: TrainingData, options: SSGANOptions, cfg: TrainConfig, rng: torch.Generator
+) -> None:
+    """improved-gan's data-dependent init: D's weight-normed layers on 500 training images, G's output
+    layer on a batch of its own samples (both in training mode, as there)."""
+    if not options.data_init:
+        return
+    device = data.images.device
+    picked = torch.randperm(len(data.images), generator=rng)[:INIT_IMAGES].to(device)
+    generator, discriminator = models["generator"], models["discriminator"]
+    generator.train()
+    discriminator.train()
+    z = sample_latent(options, Draws(cfg.batch_size, rng), 0).z.to(device)
+    data_dependent_init(generator, z)
+    with getattr(discriminator, "module", discriminator).whole_batches():
+        data_dependent_init(discriminator, data.real(picked))
 
 
 def discriminator_objective(
@@ -227,8 +384,12 @@ def discriminator_objective(
     else:
         logits, _ = discriminator(torch.cat([real, fake.to(real.dtype)]))
         logits_real, logits_fake = logits.split([len(real), len(fake)])
+    # The unsupervised term scores the unlabelled batch, as improved-gan's `x_unl` (fully labelled
+    # batches: all of it).
+    unlabeled = labels < 0
+    logits_unl = logits_real[unlabeled] if bool(unlabeled.any()) else logits_real
     supervised, unsupervised = ssgan_discriminator_loss(
-        logits_real, labels, logits_real, logits_fake, cfg.label_smoothing
+        logits_real, labels, logits_unl, logits_fake, cfg.label_smoothing
     )
     accuracy, _ = masked_accuracy(logits_real, labels)
     return terms(
@@ -247,18 +408,30 @@ def generator_objective(
     if not cfg.feature_matching:
         loss = ssgan_generator_loss(logits_fake)
         return terms(loss, adversarial=loss)
-    # The target is the unlabelled real batch (labels -1), as in improved-gan: it skips a third of
-    # this step's discriminator forward work. `all` adds the labelled batch, which was steadier across
-    # seeds on MNIST with 100 labels (benchmarks/RESULTS.md). Fully labelled batches match all.
+    # The target is an unlabelled real batch (labels -1): with `independent` (improved-gan's
+    # `trainx_unl2`) the loop hands this step its own batch, all unlabelled; with `unlabeled` it is
+    # the D step's unlabelled part. `all` adds the labelled batch. Fully labelled batches match all.
     unlabeled = labels < 0
-    if cfg.feature_matching_target == "unlabeled" and bool(unlabeled.any()):
+    if cfg.feature_matching_target != "all" and bool(unlabeled.any()):
         target = real[unlabeled]
     else:
         target = real
     with torch.no_grad():
         _, real_features = models["discriminator"](target)
-    loss = feature_matching_loss(real_features, fake_features)
+    loss = feature_matching_loss(real_features, fake_features, _distance(models, cfg))
     return terms(loss, feature_matching=loss)
+
+
+def _distance(models: Models, cfg: TrainConfig) -> str:
+    """`train.feature_matching_distance`; auto: l2 on the MNIST MLP, l1 on the conv nets (improved-gan)."""
+    if cfg.feature_matching_distance != "auto":
+        return cfg.feature_matching_distance
+    discriminator = getattr(models["discriminator"], "module", models["discriminator"])  # DDP
+    return "l2" if isinstance(discriminator, SSGANMLPDiscriminator) else "l1"
+
+
+def _independent_generator_batch(options: SSGANOptions, cfg: TrainConfig) -> bool:
+    return cfg.feature_matching and cfg.feature_matching_target == "independent"
 
 
 def classify(models: Models, images: Tensor) -> Tensor:
@@ -272,7 +445,10 @@ FAMILY = Family(
     build,
     discriminator_objective,
     generator_objective,
+    sample_latent=sample_latent,
     classifier=("discriminator",),
     classify=classify,
     needs_labeled_batch=True,
+    initialize=initialize,
+    independent_generator_batch=_independent_generator_batch,
 )

@@ -5,6 +5,11 @@ logits. Two generator stages invert them, G1: (one-hot label, z1) -> f1 and G0: 
 with its own discriminator (D1 on features, D0 on images) and a Q head that recovers its noise
 (the "entropy" loss). Conditional losses ask E1(G1(y, z1)) to classify as y and E0(G0(f1, z0)) to
 give back f1. The generator input z is [one-hot label, z1, z0], with z1 and z0 of latent_dim each.
+
+The encoder is pre-trained on the labelled pool before the GAN starts (`encoder_pretrain_steps`), as
+in the StackedGAN paper and Atienza's code: the conditional losses lean on it from the first step,
+and the few labelled images that land in ordinary batches (about 1.4 per batch of 100 with 1,000
+labels among 73,257) would train it barely at all.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from gan_models.nets.family import (
     ModelOptions,
     Models,
     Terms,
+    TrainingData,
     require_classes,
     terms,
 )
@@ -143,6 +149,32 @@ class FeatureDiscriminator(nn.Module):
 class StackedGANOptions(ModelOptions):
     name: Literal["stackedgan"] = "stackedgan"
     stacked_feature_dim: int = Field(256, gt=0, description="the intermediate feature f1 between the stages")
+    encoder_pretrain_steps: int = Field(
+        500, ge=0, description="Adam steps of the encoder on the labelled pool before the GAN; 0: none"
+    )
+    encoder_pretrain_lr: float = Field(1e-3, gt=0)
+
+
+def pretrain_encoder(
+    models: Models, data: TrainingData, options: StackedGANOptions, cfg: TrainConfig, rng: torch.Generator
+) -> None:
+    """Train E0 and E1 as a classifier on batches of the labelled pool (cross-entropy, Adam)."""
+    if options.encoder_pretrain_steps == 0 or len(data.labeled) == 0:
+        return
+    encoder, classifier = models["encoder"], models["classifier"]
+    encoder.train()
+    classifier.train()
+    params = [*encoder.parameters(), *classifier.parameters()]
+    optimizer = torch.optim.Adam(params, lr=options.encoder_pretrain_lr, betas=(cfg.beta1, cfg.beta2))
+    batch = min(cfg.batch_size, len(data.labeled))
+    for _ in range(options.encoder_pretrain_steps):
+        picked = data.labeled[
+            torch.randperm(len(data.labeled), generator=rng)[:batch].to(data.labeled.device)
+        ]
+        loss = F.cross_entropy(classifier(encoder(data.real(picked))), data.labels[picked])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
 
 def input_dim(options: StackedGANOptions, num_classes: int) -> int:
@@ -234,4 +266,5 @@ FAMILY = Family(
     classifier=("encoder", "classifier"),
     classify=classify,
     grid_classes=lambda options, num_classes: num_classes,
+    initialize=pretrain_encoder,
 )

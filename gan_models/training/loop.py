@@ -27,6 +27,7 @@ from gan_models.errors import GanOpsError
 from gan_models.io import write_with
 from gan_models.nets import build_models, family, sample_latent, split_modules
 from gan_models.nets.family import Objective
+from gan_models.nets.layers import trainable
 from gan_models.training.batches import DeviceData, iterate_batches, steps_per_epoch
 from gan_models.training.checkpoint import TrainState, check_compatible, load_checkpoint, save_checkpoint
 from gan_models.training.samples import fixed_latent, save_grid
@@ -211,13 +212,19 @@ def train(
     data = DeviceData.load(dataset, device)
     steps = steps_per_epoch(len(data), tc.batch_size, world_size)
 
+    # Initialise from data (improved-gan's weight-norm init, StackedGAN's encoder pre-training): once,
+    # before the first step; a resumed run's weights already carry it. Every rank draws the same.
+    if saved is None and spec.initialize is not None:
+        torch.manual_seed(cfg.seed)  # dropout and noise during the init pass
+        spec.initialize(models, data, cfg.model, tc, torch.Generator().manual_seed(cfg.seed))
+
     # Construct optimizers and tricks.
     g_side, d_side = split_modules(models)
     # The fused kernel updates every parameter in one pass (CPU and CUDA); on the small MNIST nets the
     # per-tensor loops of the default implementation cost about a tenth of a step.
-    adam = functools.partial(torch.optim.Adam, betas=(tc.beta1, tc.beta2), fused=True)
-    d_params = [p for m in d_side.values() for p in m.parameters()]
-    g_params = [p for m in g_side.values() for p in m.parameters()]
+    adam = functools.partial(torch.optim.Adam, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps, fused=True)
+    d_params = [p for m in d_side.values() for p in trainable(m)]
+    g_params = [p for m in g_side.values() for p in trainable(m)]
     opt_d, opt_g = adam(d_params, lr=tc.lr_d), adam(g_params, lr=tc.lr_g)
     main_nets = ("generator", "discriminator")
     state = TrainState(models, {"g": opt_g, "d": opt_d})
@@ -261,6 +268,9 @@ def train(
         ),
     )
     sample_z = fixed_latent(cfg, dataset.num_classes)
+    own_g_batch = spec.independent_generator_batch is not None and spec.independent_generator_batch(
+        cfg.model, tc
+    )
     best_path = out_dir / BEST_NAME
     restored_best = Path(resume).parent / BEST_NAME if resume is not None else None
     if rank == 0 and restored_best is not None and restored_best.exists():
@@ -282,13 +292,14 @@ def train(
         pending: list[tuple[int, dict[str, Tensor]]] = []
         started = time.perf_counter()
         batches = iterate_batches(
-            data, tc.batch_size, cfg.seed, epoch, rank, world_size, spec.needs_labeled_batch
+            data, tc.batch_size, cfg.seed, epoch, rank, world_size, spec.needs_labeled_batch, own_g_batch
         )
-        for real, labels in batches:
-            real = real.contiguous(memory_format=layout)
+        for batch in batches:
             step_terms: dict[str, Tensor] = {}
             losses: dict[str, Tensor] = {}
             for phase in phases:
+                real, labels = batch.for_generator() if phase.name == "g" else (batch.real, batch.labels)
+                real = real.contiguous(memory_format=layout)
                 set_requires_grad(phase.trained.values(), True)
                 set_requires_grad(phase.frozen.values(), False)
                 latent = sample_latent(

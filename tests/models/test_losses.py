@@ -207,14 +207,17 @@ def test_ssgan_discriminator_objective_equals_separate_real_and_fake_passes(
     with torch.no_grad():
         logits_real, _ = models["discriminator"](real)
         logits_fake, _ = models["discriminator"](models["generator"](latent.z))
-    supervised, unsupervised = ssgan_discriminator_loss(logits_real, labels, logits_real, logits_fake)
+    # improved-gan's unsupervised term scores the unlabelled batch only (its `x_unl`).
+    unlabeled = logits_real[labels < 0]
+    supervised, unsupervised = ssgan_discriminator_loss(logits_real, labels, unlabeled, logits_fake)
     torch.testing.assert_close(terms["supervised"], supervised)
     torch.testing.assert_close(terms["unsupervised"], unsupervised)
 
 
 def test_ssgan_feature_matching_targets_the_unlabelled_real_images() -> None:
-    # improved-gan matches the generated features to the unlabelled batch's; fully labelled batches
-    # (no -1) fall back to all real images, as does `feature_matching_target: all`.
+    # improved-gan matches the generated features to an unlabelled batch's (on the conv nets by the
+    # mean absolute difference); fully labelled batches (no -1) fall back to all real images, as does
+    # `feature_matching_target: all`.
     from gan_models.config import load_config
     from gan_models.nets import build_models, generator_objective, sample_latent
 
@@ -227,7 +230,7 @@ def test_ssgan_feature_matching_targets_the_unlabelled_real_images() -> None:
         _, fake_features = models["discriminator"](models["generator"](latent.z))
 
         def expected(target: torch.Tensor) -> torch.Tensor:
-            return feature_matching_loss(models["discriminator"](target)[1], fake_features)
+            return feature_matching_loss(models["discriminator"](target)[1], fake_features, "l1")
 
         partly = generator_objective(models, real, T([3, 7, -1, -1, 1, -1]), latent, cfg.model, cfg.train)
         fully = generator_objective(models, real, T([3, 7, 0, 2, 1, 9]), latent, cfg.model, cfg.train)

@@ -20,6 +20,7 @@ from gan_models.nets import (
     split_modules,
 )
 from gan_models.nets.ssgan import SSGANConvDiscriminator, SSGANMLPDiscriminator
+from gan_models.nets.layers import trainable
 from gan_models.tricks import MinibatchDiscrimination, set_requires_grad
 
 NUM_CLASSES = 10
@@ -165,7 +166,11 @@ def test_ssgan_widths_scale_with_d_features() -> None:
     d = build_models(tiny("ssgan", d_features=6), (3, 32, 32), NUM_CLASSES)["discriminator"]
     assert d.feature_dim == 12 and d.trunk[1].weight.shape == (6, 3, 3, 3)
     g = build_models(tiny("ssgan", g_features=5), (3, 32, 32), NUM_CLASSES)["generator"]
-    assert g.project[0].out_features == 5 * 8 * 4 * 4  # 4x4 x (g_features*8)
+    assert g.net[0].out_features == 5 * 8 * 4 * 4  # 4x4 x (g_features*8), improved-gan's 512 at 64
+    dcgan_g = build_models(tiny("ssgan", g_features=5, generator="dcgan"), (3, 32, 32), NUM_CLASSES)[
+        "generator"
+    ]
+    assert dcgan_g.project[0].out_features == 5 * 8 * 4 * 4
 
 
 def test_sample_latent_layout_and_determinism() -> None:
@@ -232,7 +237,7 @@ def test_objectives_drive_every_family(name: str, shape: tuple[int, int, int]) -
     d_terms["loss"].backward()
     assert d_terms["loss"].ndim == 0 and torch.isfinite(d_terms["loss"])
     assert all(not t.requires_grad for k, t in d_terms.items() if k != "loss")
-    d_grads = [p.grad for m in d_side.values() for p in m.parameters()]
+    d_grads = [p.grad for m in d_side.values() for p in trainable(m)]  # fixed scales take none
     assert all(g is not None and torch.isfinite(g).all() for g in d_grads)
     assert all(p.grad is None for m in g_side.values() for p in m.parameters())
 
@@ -244,7 +249,7 @@ def test_objectives_drive_every_family(name: str, shape: tuple[int, int, int]) -
         models, real, labels, sample_latent(cfg, 4, NUM_CLASSES, generator=rng), cfg, train
     )
     g_terms["loss"].backward()
-    g_grads = [p.grad for p in models["generator"].parameters()]
+    g_grads = [p.grad for p in trainable(models["generator"])]
     assert all(g is not None and torch.isfinite(g).all() for g in g_grads)
     assert sum(g.abs().sum() for g in g_grads) > 0
     assert all(p.grad is None for m in d_side.values() for p in m.parameters())

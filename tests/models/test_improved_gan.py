@@ -1,0 +1,172 @@
+"""Fidelity to improved-gan: the data-dependent init, fixed hidden scales, and the feature-matching forms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from gan_models.config import load_config
+from gan_models.losses import feature_matching_loss
+from gan_models.nets import build_models, family
+from gan_models.nets.layers import data_dependent_init, is_fixed, trainable
+from gan_models.training.batches import DeviceData, iterate_batches
+from gan_models.training.loop import train
+from tests.training.conftest import tiny_config, tiny_dataset
+
+
+def _weight_normed(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if hasattr(m, "wn_init_scale")]
+
+
+def _pre_activations(module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Each weight-normed layer's output (before its nonlinearity) on `x`, in forward order."""
+    seen: list[torch.Tensor] = []
+    handles = [
+        m.register_forward_hook(lambda _m, _i, out: seen.append(out.clone())) for m in _weight_normed(module)
+    ]
+    with torch.no_grad():
+        module(x)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 28, 28)])
+def test_data_dependent_init_normalises_each_layers_pre_activations(shape: tuple[int, int, int]) -> None:
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.d_features=8", "model.d_input_dropout=0", "model.d_dropout=0"])
+    d = build_models(cfg.model, shape, 10)["discriminator"]
+    if shape[1] == 28:  # the MLP: its noise layers would blur the check
+        for m in d.modules():
+            if hasattr(m, "std"):
+                m.std = 0.0
+    x = torch.rand(200, *shape) * 2 - 1
+    with d.whole_batches():  # the conv D splits CPU batches over 128; init needs the whole batch
+        before = _pre_activations(d, x)
+        data_dependent_init(d, x)
+        after = _pre_activations(d, x)
+    for layer, out_before, out in zip(_weight_normed(d), before, after, strict=True):
+        axes = [i for i in range(out.dim()) if i != 1]
+        mean, std = out.mean(axes), out.std(axes, unbiased=False)
+        assert mean.abs().max() < 1e-4
+        assert torch.allclose(std, torch.full_like(std, layer.wn_init_scale), rtol=1e-3)
+        assert not torch.allclose(out_before.std(axes), std, rtol=0.05)  # it was not so before
+
+
+def test_data_dependent_init_refuses_a_batch_split_in_chunks() -> None:
+    d = build_models(load_config(None, ["model.d_features=8"]).model, (3, 32, 32), 10)["discriminator"]
+    with pytest.raises(RuntimeError, match="ran twice"):
+        data_dependent_init(d, torch.randn(200, 3, 32, 32))  # chunks of 128 on the CPU
+
+
+def test_hidden_scales_stay_fixed_in_a_step_and_the_output_scale_trains() -> None:
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.d_features=8"])
+    d = build_models(cfg.model, (3, 32, 32), 10)["discriminator"]
+    scales = {n: p for n, p in d.named_parameters() if n.endswith("original0")}
+    fixed = {n for n, p in scales.items() if is_fixed(p)}
+    assert fixed and len(fixed) == len(scales) - 1  # every hidden layer's, not the head's
+    assert all(p.requires_grad is False for n, p in scales.items() if n in fixed)
+    before = {n: p.detach().clone() for n, p in scales.items()}
+    opt = torch.optim.Adam(trainable(d), lr=0.1)
+    logits, _ = d(torch.randn(8, 3, 32, 32))
+    logits.logsumexp(1).mean().backward()
+    opt.step()
+    for n, p in scales.items():
+        assert torch.equal(p, before[n]) == (n in fixed), n
+    with_trained = build_models(
+        load_config(None, ["model.d_features=8", "model.train_hidden_scales=true"]).model, (3, 32, 32), 10
+    )["discriminator"]
+    assert not any(is_fixed(p) for p in with_trained.parameters())
+
+
+def test_generator_batch_norm_has_no_learned_scale_by_default() -> None:
+    g = build_models(load_config(None, ["model.g_features=8"]).model, (3, 32, 32), 10)["generator"]
+    bns = [m for m in g.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(is_fixed(bn.weight) and not is_fixed(bn.bias) for bn in bns)
+    assert torch.all(g(torch.rand(4, 100)).abs() <= 1)
+
+
+def test_feature_matching_l1_and_l2() -> None:
+    real = torch.tensor([[1.0, 0.0], [3.0, 0.0]])  # mean (2, 0)
+    fake = torch.tensor([[0.0, 1.0], [0.0, 3.0]])  # mean (0, 2)
+    assert feature_matching_loss(real, fake, "l1").item() == pytest.approx(2.0)
+    assert feature_matching_loss(real, fake, "l2").item() == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="l1"):
+        feature_matching_loss(real, fake, "l3")
+
+
+def test_generator_step_gets_an_independent_unlabelled_batch(tmp_path: Path) -> None:
+    dataset = tiny_dataset(tmp_path / "d", shape=(32, 32, 3), n=200)
+    data = DeviceData.load(dataset, torch.device("cpu"))
+    batches = list(iterate_batches(data, 20, 0, 0, 0, 1, True, generator_batch=True))
+    assert len(batches) == 10
+    d_unlabeled = torch.cat([b.real[20:] for b in batches])
+    g_real = torch.cat([b.for_generator()[0] for b in batches])
+    assert all((b.for_generator()[1] == -1).all() for b in batches)
+    # The same examples (one epoch of the shard each) in another order: an independent batch per step.
+    as_set = lambda t: sorted(map(tuple, t.flatten(1)[:, :64].tolist()))  # noqa: E731
+    assert as_set(d_unlabeled) == as_set(g_real)
+    assert not torch.equal(d_unlabeled, g_real)
+    same = list(iterate_batches(data, 20, 0, 0, 0, 1, True))
+    assert all(b.generator_real is None and b.for_generator()[0] is b.real for b in same)
+
+
+def test_the_independent_batch_changes_the_generators_target_and_learning(tmp_path: Path) -> None:
+    dataset = tiny_dataset(tmp_path / "d", shape=(32, 32, 3), n=200)
+    spec = family("ssgan")
+    runs = {}
+    for target in ("independent", "unlabeled"):
+        cfg = tiny_config("train.epochs=1", f"train.feature_matching_target={target}")
+        assert spec.independent_generator_batch(cfg.model, cfg.train) == (target == "independent")
+        result = train(cfg, dataset, out_dir=tmp_path / target)
+        runs[target] = result.models["generator"].state_dict()
+    assert any(not torch.equal(runs["independent"][k], runs["unlabeled"][k]) for k in runs["unlabeled"])
+
+
+def test_init_runs_once_gives_the_same_weights_everywhere_and_resume_does_not_redo_it(tmp_path: Path) -> None:
+    dataset = tiny_dataset(tmp_path / "d", shape=(32, 32, 3), n=200)
+    cfg = tiny_config("train.epochs=1")
+    a = train(cfg, dataset, out_dir=tmp_path / "a", world_size=1)
+    # Another rank initialises to the same weights: the init pass draws only from the seed.
+    spec = family(cfg.model)
+    inits = []
+    for _ in range(2):
+        torch.manual_seed(cfg.seed)
+        models = build_models(cfg.model, dataset.image_shape, dataset.num_classes)
+        data = DeviceData.load(dataset, torch.device("cpu"))
+        torch.manual_seed(cfg.seed)
+        spec.initialize(models, data, cfg.model, cfg.train, torch.Generator().manual_seed(cfg.seed))
+        inits.append(models["discriminator"].state_dict())
+    assert all(torch.equal(inits[0][k], inits[1][k]) for k in inits[0])
+    # Without the init the weights differ, so the init is really applied.
+    torch.manual_seed(cfg.seed)
+    plain = build_models(cfg.model, dataset.image_shape, dataset.num_classes)["discriminator"].state_dict()
+    assert any(not torch.equal(plain[k], inits[0][k]) for k in plain)
+    # 1 epoch + resume + 1 epoch equals 2 epochs: a resumed run does not initialise again.
+    full = train(tiny_config("train.epochs=2"), dataset, out_dir=tmp_path / "full")
+    resumed = train(tiny_config("train.epochs=2"), dataset, out_dir=tmp_path / "a", resume=a.checkpoint)
+    for name in ("generator", "discriminator"):
+        sd_full, sd_resumed = full.models[name].state_dict(), resumed.models[name].state_dict()
+        assert all(torch.equal(sd_full[k], sd_resumed[k]) for k in sd_full), name
+
+
+def test_stackedgan_encoder_is_pretrained_on_the_labelled_pool(tmp_path: Path) -> None:
+    dataset = tiny_dataset(tmp_path / "d", n=200)  # 2 labels per class
+    data = DeviceData.load(dataset, torch.device("cpu"))
+    spec = family("stackedgan")
+
+    def pool_accuracy(steps: int) -> float:
+        cfg = tiny_config("model.name=stackedgan", f"model.encoder_pretrain_steps={steps}")
+        torch.manual_seed(0)
+        models = build_models(cfg.model, dataset.image_shape, dataset.num_classes)
+        spec.initialize(models, data, cfg.model, cfg.train, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            logits = spec.classify({k: m.eval() for k, m in models.items()}, data.real(data.labeled))
+        return (logits.argmax(1) == data.labels[data.labeled]).float().mean().item()
+
+    assert pool_accuracy(0) < 0.5  # untrained: near chance
+    assert pool_accuracy(100) == 1.0  # the 20 labelled images, learned
