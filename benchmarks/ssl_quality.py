@@ -219,7 +219,7 @@ def ablation_summary() -> None:
         print(f"\n{dataset}, {labels} labels, {epochs} epochs (decay from {decay}):")
         reference = variants.get("improved-gan (defaults)")
         ref_mean = statistics.mean(100 * r["test_error_ema"] for r in reference) if reference else None
-        print(f"| variant | seeds | test error % (EMA D) | per seed | vs defaults | train s/run |")
+        print("| variant | seeds | test error % (EMA D) | per seed | vs defaults | train s/run |")
         print("|---|---:|---:|---|---:|---:|")
         for variant in ABLATIONS:
             rs = variants.get(variant)

@@ -19,8 +19,8 @@ from gan_models.nets import (
     sample_latent,
     split_modules,
 )
-from gan_models.nets.ssgan import SSGANConvDiscriminator, SSGANMLPDiscriminator
 from gan_models.nets.layers import trainable
+from gan_models.nets.ssgan import SSGANConvDiscriminator, SSGANMLPDiscriminator
 from gan_models.tricks import MinibatchDiscrimination, set_requires_grad
 
 NUM_CLASSES = 10
