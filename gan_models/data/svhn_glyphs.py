@@ -184,7 +184,9 @@ def stroke_glyph(
             draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
     ink = np.asarray(image).astype(np.uint16)
     # 2x2 average, rounded, in integers: exact on every machine.
-    small = ((ink[0::2, 0::2] + ink[1::2, 0::2] + ink[0::2, 1::2] + ink[1::2, 1::2] + 2) // 4).astype(np.uint8)
+    small = ((ink[0::2, 0::2] + ink[1::2, 0::2] + ink[0::2, 1::2] + ink[1::2, 1::2] + 2) // 4).astype(
+        np.uint8
+    )
     mask, row, _ = _crop(small)
     baseline = (margin + scale) // 2
     return mask, row - baseline

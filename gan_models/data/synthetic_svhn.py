@@ -85,7 +85,11 @@ def _glyph(p: dict[str, np.ndarray], i: int, slot: int, digit: int, height: int)
     """Glyph `slot` (0: labelled digit, 1, 2: neighbours, 3: stray text) of example `i`."""
     if p["stroke"][i]:
         return stroke_glyph(
-            digit, height, float(p["pen"][i] * height), float(p["stroke_aspect"][i]), p["stroke_jitter"][i, slot]
+            digit,
+            height,
+            float(p["pen"][i] * height),
+            float(p["stroke_aspect"][i]),
+            p["stroke_jitter"][i, slot],
         )
     face = int(p["face"][i] if slot == 0 else p["nb_face"][i, min(slot, 3) - 1])
     return font_glyph(face, height, bool(p["bold"][i]) and height >= 18, digit)
@@ -464,7 +468,9 @@ def _render_rows(p: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
             return p[key][o].astype(f32).reshape(len(o), -1, 1)
 
         bn, bc = occ("bar_normal"), occ("blob_centre")
-        bar = np.clip(occ("bar_half") - np.abs(bn[:, :1] * xs + bn[:, 1:] * ys - occ("bar_offset")) + 0.5, 0, 1)
+        bar = np.clip(
+            occ("bar_half") - np.abs(bn[:, :1] * xs + bn[:, 1:] * ys - occ("bar_offset")) + 0.5, 0, 1
+        )
         dx, dy = xs - bc[:, :1], ys - bc[:, 1:]
         blob = np.clip((occ("blob_r2") - dx * dx - dy * dy) * occ("blob_soft") + f32(0.5), 0, 1)
         alpha = np.where(occ("occ_bar") > 0, bar, blob) * occ("occ_alpha")

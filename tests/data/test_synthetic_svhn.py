@@ -159,7 +159,10 @@ def test_prepared_synthetic_svhn_reads_back_with_its_generator_version(
     ds = prepare_dataset(cfg.data)
     source = ds.manifest["source"]
     assert source["generator_version"] == GENERATOR_VERSION
-    assert source["seeds"] == {"train": 0, "test": 1} and set(source["md5"]) == {"train_32x32.mat", "test_32x32.mat"}
+    assert source["seeds"] == {"train": 0, "test": 1} and set(source["md5"]) == {
+        "train_32x32.mat",
+        "test_32x32.mat",
+    }
     for split, seed, n in (("train", 0, 300), ("test", 1, 120)):
         images, labels = render_digits(n, seed)
         np.testing.assert_array_equal(ds.images(split), images.transpose(0, 3, 1, 2))
