@@ -23,6 +23,7 @@ import argparse
 import copy
 import json
 import platform
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -67,7 +68,9 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 @torch.no_grad()
 def test_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
-    wrong = sum(int((model(x[i : i + 1000])[0].argmax(1) != y[i : i + 1000]).sum()) for i in range(0, len(x), 1000))
+    wrong = sum(
+        int((model(x[i : i + 1000])[0].argmax(1) != y[i : i + 1000]).sum()) for i in range(0, len(x), 1000)
+    )
     model.train()
     return wrong / len(x)
 
@@ -103,7 +106,9 @@ def main() -> None:
     train_images, train_labels = render_split(TRAIN_SIZE, TRAIN_SEED)
     test_images, test_labels = render_split(TEST_SIZE, TEST_SEED)
     render_s = time.perf_counter() - started
-    index = labelled_subset(train_labels, 100, args.seed) if args.mode == "labels1000" else np.arange(TRAIN_SIZE)
+    index = (
+        labelled_subset(train_labels, 100, args.seed) if args.mode == "labels1000" else np.arange(TRAIN_SIZE)
+    )
     x, y = to_tensor(train_images[index]), torch.from_numpy(train_labels[index])
     xt, yt = to_tensor(test_images), torch.from_numpy(test_labels)
     del train_images, test_images
@@ -124,45 +129,52 @@ def main() -> None:
     best, since_best, step = 1.0, 0, 0
     train_started = time.perf_counter()
     order = torch.randperm(len(x), generator=gen)
-    while step < max_steps:
-        k = step % steps_per_epoch
-        if k == 0 and step:
-            order = torch.randperm(len(x), generator=gen)
-        idx = order[k * batch : (k + 1) * batch]
-        logits, _ = model(x[idx])
-        loss = loss_fn(logits, y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        # EMA with the usual warm-up (decay min(ema, (1 + t) / (10 + t))) so early evaluations are fair.
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
-                e.mul_(decay).add_(p, alpha=1 - decay) if e.dtype.is_floating_point else e.copy_(p)
-        if step % eval_every == 0:
-            err_ema, err_raw = test_error(ema, xt, yt), test_error(model, xt, yt)
-            curve.append(
-                {
-                    "step": step,
-                    "epoch": round(step / steps_per_epoch, 2),
-                    "train_loss": round(loss.item(), 4),
-                    "test_error_ema": round(err_ema, 5),
-                    "test_error_raw": round(err_raw, 5),
-                    "s": round(time.perf_counter() - train_started, 1),
-                }
-            )
-            print(
-                f"step {step:5d} epoch {step / steps_per_epoch:6.1f} loss {loss.item():.3f} "
-                f"test error ema {100 * err_ema:5.2f}% raw {100 * err_raw:5.2f}%  {curve[-1]['s']:.0f} s",
-                flush=True,
-            )
-            if err_ema < best - 1e-4:
-                best, since_best = err_ema, 0
-            else:
-                since_best += 1
-            if args.mode == "labels1000" and since_best >= args.patience and step >= args.min_steps:
-                break
+    # A `timeout` (SIGTERM) or Ctrl-C ends training early but still records the curve so far.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stopped = "max_steps"
+    try:
+        while step < max_steps:
+            k = step % steps_per_epoch
+            if k == 0 and step:
+                order = torch.randperm(len(x), generator=gen)
+            idx = order[k * batch : (k + 1) * batch]
+            logits, _ = model(x[idx])
+            loss = loss_fn(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            # EMA with the usual warm-up (decay min(ema, (1 + t) / (10 + t))) so early evaluations are fair.
+            decay = min(args.ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for e, p in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+                    e.mul_(decay).add_(p, alpha=1 - decay) if e.dtype.is_floating_point else e.copy_(p)
+            if step % eval_every == 0:
+                err_ema, err_raw = test_error(ema, xt, yt), test_error(model, xt, yt)
+                curve.append(
+                    {
+                        "step": step,
+                        "epoch": round(step / steps_per_epoch, 2),
+                        "train_loss": round(loss.item(), 4),
+                        "test_error_ema": round(err_ema, 5),
+                        "test_error_raw": round(err_raw, 5),
+                        "s": round(time.perf_counter() - train_started, 1),
+                    }
+                )
+                print(
+                    f"step {step:5d} epoch {step / steps_per_epoch:6.1f} loss {loss.item():.3f} "
+                    f"test error ema {100 * err_ema:5.2f}% raw {100 * err_raw:5.2f}%  {curve[-1]['s']:.0f} s",
+                    flush=True,
+                )
+                if err_ema < best - 1e-4:
+                    best, since_best = err_ema, 0
+                else:
+                    since_best += 1
+                if args.mode == "labels1000" and since_best >= args.patience and step >= args.min_steps:
+                    stopped = "plateau"
+                    break
+    except KeyboardInterrupt:
+        stopped = "interrupted"
     row = {
         "generator_version": GENERATOR_VERSION,
         "mode": args.mode,
@@ -172,6 +184,7 @@ def main() -> None:
         "final_test_error_ema": curve[-1]["test_error_ema"] if curve else None,
         "final_test_error_raw": curve[-1]["test_error_raw"] if curve else None,
         "steps": step,
+        "stopped": stopped,
         "settings": {
             "d_features": 16,
             "input_dropout": 0.2,
