@@ -1,108 +1,73 @@
 """Offline `synthetic-svhn`: house-number crops in the style of SVHN's 32x32 cropped digits.
 
-Each image shows the labelled digit centred, with the house number's neighbouring digits (when present)
-cut off at the left and right edges, drawn in a DejaVu face bundled with matplotlib, rotated, sheared,
-lit unevenly, blurred and noisy. Examples are rendered in fixed chunks of `CHUNK`; each chunk draws all
-of its random numbers from its own generator seeded by `SeedSequence(seed, spawn_key=(chunk,))`, so
-example `i` of a stream depends only on `(seed, i)`: not on how many examples are asked for, from
-where, or by how many processes.
+Each image shows the labelled digit centred, with the house number's neighbouring digits (when present,
+of their own size and height) cut off at the left and right edges. What varies, per example:
+
+* glyph: one of 23 faces (every matplotlib/Pillow face with real digits: DejaVu, STIX, Computer Modern,
+  Pillow's default; see `svhn_glyphs.FACES`) or, for 15% of the examples, a stroked skeleton with
+  jittered points and a random pen width; optional bolding, thinning or dilation of the ink;
+  neighbours sometimes in another face; now and then small stray text above or below;
+* geometry: rotation (sd 7 deg, up to 25), shear, aspect, scale, a perspective (keystone) warp, a
+  smooth elastic displacement field, and a jitter of the digit's centre;
+* photometry: digit and background colours with a heavy tail of low contrast, gradients, coarse and
+  fine textures, siding stripes, plate edges, drop shadows, bars and blobs occluding part of the digit,
+  glare spots, uneven lighting, colour casts, blur, low resolution (rendered small and upsampled),
+  sensor noise, and JPEG compression at a random quality.
+
+No labels are flipped, but a small share of renders is hard or impossible to read by design (very low
+contrast, heavy occlusion or blur), as in real SVHN; `benchmarks/svhn_calibration.py` measures what a
+classifier makes of it (benchmarks/RESULTS.md, "synthetic-svhn/2: calibration").
+
+Examples are rendered in fixed chunks of `CHUNK`; each chunk draws all of its random numbers from its
+own generator seeded by `SeedSequence(seed, spawn_key=(chunk,))`, so example `i` of a stream depends
+only on `(seed, i)`: not on how many examples are asked for, from where, or by how many processes.
 
 Pixel work is vectorised over a chunk and uses only element-wise arithmetic (no BLAS, no reductions
-over pixels), because a batched matrix product or a pairwise sum may round differently with the batch's
-shape, which would make a slice of a render differ from a render of that slice. The bytes also depend
-on the FreeType that Pillow ships (glyph rasterisation); bump `GENERATOR_VERSION` for any change here.
+over pixels, no transcendental functions on pixels), because a batched matrix product or a pairwise
+sum may round differently with the batch's shape, which would make a slice of a render differ from a
+render of that slice. The bytes also depend on the FreeType and libjpeg that Pillow ships (glyph
+rasterisation, compression); bump `GENERATOR_VERSION` for any change here.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import multiprocessing
-import os
 from collections.abc import Callable
-from functools import cache
 
 import numpy as np
 
-GENERATOR_VERSION = "synthetic-svhn/1"  # recorded with the data; bump whenever the bytes change
+from gan_models.data.svhn_glyphs import FACES, JITTER_POINTS, font_dir, font_glyph, stroke_glyph
+
+__all__ = ["CHUNK", "FACES", "GENERATOR_VERSION", "SIZE", "font_dir", "render_digits", "render_split"]
+
+GENERATOR_VERSION = "synthetic-svhn/2"  # recorded with the data; bump whenever the bytes change
 
 CHUNK = 1024  # examples per random stream; changing it changes the bytes
 SIZE = 32  # output side
 _BLOCK = 256  # rows rendered at once: bounds the memory of the float temporaries, not part of the format
 _CANVAS = 64  # side of the glyph canvas the output is sampled from (room for rotation and neighbours)
 _BLUR_RADIUS = 4  # taps each side of the gaussian blur; covers 3 sigma of the largest blur
-_TEXTURE_GRID = 5  # background texture: a 5x5 grid of random colours, bilinearly upsampled
+_TEXTURE_GRID = 5  # coarse background texture: a 5x5 grid of random colours, bilinearly upsampled
+_FINE_GRID = 12  # fine texture (grain, foliage, brick): a 12x12 grid
+_WARP_GRID = 4  # elastic displacement: a 4x4 grid of random offsets, bilinearly upsampled
 
-# Faces a house number might plausibly use; the Display faces hold no digits. Order is part of the format.
-FACES = (
-    "DejaVuSans.ttf",
-    "DejaVuSans-Bold.ttf",
-    "DejaVuSans-Oblique.ttf",
-    "DejaVuSans-BoldOblique.ttf",
-    "DejaVuSerif.ttf",
-    "DejaVuSerif-Bold.ttf",
-    "DejaVuSerif-Italic.ttf",
-    "DejaVuSerif-BoldItalic.ttf",
-    "DejaVuSansMono.ttf",
-    "DejaVuSansMono-Bold.ttf",
-    "DejaVuSansMono-Oblique.ttf",
-    "DejaVuSansMono-BoldOblique.ttf",
-)
 # Bold faces are common on number plates, so they are drawn twice as often.
-_FACE_WEIGHTS = np.array([2 if "Bold" in f else 1 for f in FACES], dtype=np.float64)
+_FACE_WEIGHTS = np.array([2 if "Bol" in f else 1 for f in FACES], dtype=np.float64)
 
 # Label frequencies of the real SVHN train split (digits 0..9): house numbers hold many 1s and 2s.
 _SVHN_TRAIN_COUNTS = np.array(
     [4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659], dtype=np.float64
 )
 
-_MIN_HEIGHT, _MAX_HEIGHT = 16, 29  # ink height of the digit in output pixels: 50%..90% of 32
-_MIN_CONTRAST = 0.25  # luminance difference of digit and background, before lighting and noise
+_MIN_HEIGHT, _MAX_HEIGHT = 15, 30  # ink height of the digit in output pixels: 47%..95% of 32
+_STROKE_SHARE = 0.15  # share of examples drawn from stroke skeletons instead of fonts
+_MIN_CONTRAST = 0.1  # luminance difference of digit and background, before lighting and noise
+_CONTRAST_MEDIAN, _CONTRAST_SPREAD = 0.45, 0.5  # log-normal contrast: a heavy tail toward faint digits
 
 
 # Glyphs.
-
-
-def font_dir() -> str:
-    """The folder of matplotlib's bundled TrueType fonts."""
-    import matplotlib
-
-    return os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
-
-
-@cache
-def _font_size_per_pixel(face: int) -> float:
-    """Font size (px per em) that gives one pixel of digit ink height in this face."""
-    from PIL import ImageFont
-
-    path = os.path.join(font_dir(), FACES[face])
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"synthetic-svhn needs the font {path} (bundled with matplotlib)")
-    left, top, right, bottom = ImageFont.truetype(path, 200).getbbox("0")
-    return 200.0 / (bottom - top)
-
-
-@cache
-def _glyph(face: int, height: int, bold: bool, digit: int) -> tuple[np.ndarray, int]:
-    """The ink of one digit cropped to its bounding box, and the box's top relative to the baseline.
-
-    Rendered once per process and kept: a split uses a few thousand distinct glyphs at most.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    size = round(height * _font_size_per_pixel(face))
-    font = ImageFont.truetype(os.path.join(font_dir(), FACES[face]), size)
-    stroke = 1 if bold else 0
-    text = str(digit)
-    # Anchor "ls": the origin is on the baseline, so every digit's top is measured from the same line.
-    left, top, right, bottom = font.getbbox(text, stroke_width=stroke, anchor="ls")
-    image = Image.new("L", (right - left + 2, bottom - top + 2))
-    ImageDraw.Draw(image).text(
-        (1 - left, 1 - top), text, fill=255, font=font, anchor="ls", stroke_width=stroke, stroke_fill=255
-    )
-    ink = np.asarray(image)
-    rows, cols = np.nonzero(ink.max(axis=1))[0], np.nonzero(ink.max(axis=0))[0]
-    mask = np.ascontiguousarray(ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
-    return mask, top - 1 + int(rows[0])
 
 
 def _paste(canvas: np.ndarray, mask: np.ndarray, y: int, x: int) -> None:
@@ -114,6 +79,20 @@ def _paste(canvas: np.ndarray, mask: np.ndarray, y: int, x: int) -> None:
         return
     region = canvas[y0:y1, x0:x1]
     np.maximum(region, mask[y0 - y : y1 - y, x0 - x : x1 - x], out=region)
+
+
+def _glyph(p: dict[str, np.ndarray], i: int, slot: int, digit: int, height: int) -> tuple[np.ndarray, int]:
+    """Glyph `slot` (0: labelled digit, 1, 2: neighbours, 3: stray text) of example `i`."""
+    if p["stroke"][i]:
+        return stroke_glyph(
+            digit,
+            height,
+            float(p["pen"][i] * height),
+            float(p["stroke_aspect"][i]),
+            p["stroke_jitter"][i, slot],
+        )
+    face = int(p["face"][i] if slot == 0 else p["nb_face"][i, min(slot, 3) - 1])
+    return font_glyph(face, height, bool(p["bold"][i]) and height >= 18, digit)
 
 
 # Random parameters of a chunk.
@@ -132,6 +111,10 @@ def _with_luminance(rgb: np.ndarray, lum: np.ndarray) -> np.ndarray:
     return np.clip(rgb - _luminance(rgb)[:, None] + lum[:, None], 0.0, 1.0)
 
 
+def _unit(angle: np.ndarray) -> np.ndarray:
+    return np.stack([np.cos(angle), np.sin(angle)], axis=1)
+
+
 def _draw_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Every per-example random choice of one chunk, drawn in a fixed order with fixed sizes.
 
@@ -143,35 +126,56 @@ def _draw_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
     p["label"] = rng.choice(10, size=n, p=_SVHN_TRAIN_COUNTS / _SVHN_TRAIN_COUNTS.sum()).astype(np.int64)
     p["left"] = np.where(rng.random(n) < 0.6, rng.integers(0, 10, n), -1)  # -1: no neighbour
     p["right"] = np.where(rng.random(n) < 0.6, rng.integers(0, 10, n), -1)
-    p["face"] = rng.choice(len(FACES), size=n, p=_FACE_WEIGHTS / _FACE_WEIGHTS.sum())
-    p["height"] = rng.integers(_MIN_HEIGHT, _MAX_HEIGHT + 1, n)
-    p["bold"] = (rng.random(n) < 0.25) & (p["height"] >= 20)  # a 1-pixel stroke: thicker than any face
-    # Gap between digits, relative to their height: plates are set tight or loose.
-    gap = rng.uniform(0.04, 0.4, (n, 2)) * p["height"][:, None]
-    p["gap"] = np.round(gap).astype(np.int64)
+    # Stray text (a street name, a second number) above or below: digit, side, size.
+    p["stray"] = np.where(rng.random(n) < 0.08, rng.integers(0, 10, n), -1)
+    p["stray_below"] = rng.random(n) < 0.5
+    p["stray_height"] = rng.integers(6, 11, n)
 
-    # Geometry: output = R(angle) . shear . diag(sx, sy) . (source - centre) + centre + jitter.
-    angle = np.deg2rad(np.clip(rng.normal(0.0, 5.0, n), -12.0, 12.0))
-    shear = rng.uniform(-0.15, 0.15, n)
-    scale = rng.uniform(0.93, 1.07, n)
-    aspect = rng.uniform(0.8, 1.15, n)  # width relative to height: condensed to wide faces
-    jitter = rng.uniform(-1.5, 1.5, (n, 2))
+    # Glyph style. Neighbours usually share the labelled digit's face, sometimes not (mixed plates).
+    p["stroke"] = rng.random(n) < _STROKE_SHARE
+    p["face"] = rng.choice(len(FACES), size=n, p=_FACE_WEIGHTS / _FACE_WEIGHTS.sum())
+    other = rng.choice(len(FACES), size=(n, 3), p=_FACE_WEIGHTS / _FACE_WEIGHTS.sum())
+    p["nb_face"] = np.where(rng.random((n, 3)) < 0.8, p["face"][:, None], other)
+    p["height"] = rng.integers(_MIN_HEIGHT, _MAX_HEIGHT + 1, n)
+    p["bold"] = rng.random(n) < 0.2  # a 1-pixel outline stroke: thicker than any face
+    p["pen"] = rng.uniform(0.06, 0.2, n)  # stroke digits: pen width relative to the height
+    p["stroke_aspect"] = rng.uniform(0.75, 1.3, n)
+    wobble = rng.uniform(0.0, 0.025, n)[:, None, None, None]
+    p["stroke_jitter"] = rng.standard_normal((n, 4, JITTER_POINTS, 2)) * wobble
+    # Neighbours: own height (a plate's digits are not always one size), baseline offset and gap.
+    p["nb_height"] = np.round(p["height"][:, None] * rng.uniform(0.75, 1.25, (n, 2))).astype(np.int64)
+    p["nb_dy"] = np.round(rng.normal(0.0, 0.08, (n, 2)) * p["height"][:, None]).astype(np.int64)
+    gap = rng.uniform(0.04, 0.45, (n, 2)) * p["height"][:, None]
+    p["gap"] = np.round(gap).astype(np.int64)
+    # Ink morphology on the canvas: 0 none, 1 half erosion (thinner, fainter strokes), 2 dilation.
+    p["morph"] = rng.choice(3, size=n, p=[0.8, 0.08, 0.12])
+
+    # Geometry. Source (canvas) = centre + A^-1 (out - centre - jitter) / w + elastic, where
+    # w = 1 + g.(out - centre) is a keystone (perspective) term, and A = R(angle) . shear . diag(sx, sy).
+    angle = np.deg2rad(np.clip(rng.normal(0.0, 7.0, n), -25.0, 25.0))
+    shear = rng.uniform(-0.2, 0.2, n)
+    scale = rng.uniform(0.9, 1.1, n)
+    aspect = rng.uniform(0.75, 1.2, n)  # width relative to height: condensed to wide faces
+    jitter = rng.uniform(-2.0, 2.0, (n, 2))
     sx, sy = scale * aspect, scale
     c, s = np.cos(angle), np.sin(angle)
-    # Forward matrix [[a, b], [d, e]] = R @ [[1, shear], [0, 1]] @ diag(sx, sy); sampling needs its inverse.
     a, b, d, e = c * sx, (c * shear - s) * sy, s * sx, (s * shear + c) * sy
     det = a * e - b * d
     p["inverse"] = np.stack([e / det, -b / det, -d / det, a / det], axis=1)
     p["jitter"] = jitter
+    p["keystone"] = rng.uniform(-0.008, 0.008, (n, 2)) * (rng.random(n) < 0.5)[:, None]
+    p["warp_amp"] = rng.uniform(0.0, 1.0, n) * (rng.random(n) < 0.4)
+    p["warp"] = rng.standard_normal((n, 2, _WARP_GRID, _WARP_GRID), dtype=np.float32)
 
-    # Colours: a background and a digit colour whose luminances differ by at least 0.25; light digits
-    # on dark plates about as often as dark digits on light walls.
+    # Colours: background and digit whose luminances differ by a log-normal contrast (heavy tail of
+    # faint digits); light digits on dark plates about as often as dark digits on light walls.
     bg_rgb, fg_rgb = rng.random((n, 3)), rng.random((n, 3))
     saturation = rng.uniform(0.0, 1.0, (n, 2)) ** 2.5  # many real crops are nearly grey
     grey_bg, grey_fg = _luminance(bg_rgb)[:, None], _luminance(fg_rgb)[:, None]
     bg_rgb = grey_bg + (bg_rgb - grey_bg) * saturation[:, :1]
     fg_rgb = grey_fg + (fg_rgb - grey_fg) * saturation[:, 1:]
-    contrast = rng.uniform(_MIN_CONTRAST, 0.8, n)
+    contrast = np.exp(np.log(_CONTRAST_MEDIAN) + _CONTRAST_SPREAD * rng.standard_normal(n))
+    contrast = np.clip(contrast, _MIN_CONTRAST, 0.85)
     low = rng.uniform(0.03, 1.0 - contrast)
     light_digit = rng.random(n) < 0.45
     bg_lum = np.where(light_digit, low, low + contrast)
@@ -181,41 +185,67 @@ def _draw_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
     # Clipping to [0, 1] can lose some of the contrast; win it back by moving the digit toward white
     # (light digits) or black, just far enough.
     target = np.where(light_digit, 1.0, 0.0)
-    wanted = _luminance(bg) + np.where(light_digit, 1.0, -1.0) * _MIN_CONTRAST
+    wanted = _luminance(bg) + np.where(light_digit, 1.0, -1.0) * np.minimum(contrast, 0.8)
     have = _luminance(fg)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.clip(np.nan_to_num((wanted - have) / (target - have)), 0.0, 1.0)
     p["fg"] = fg + (target[:, None] - fg) * t[:, None]
 
-    # Shadow or embossing: a copy of the digit one pixel off, in a colour between digit and background.
-    p["shadow"] = rng.random(n) < 0.15
-    p["shadow_shift"] = rng.integers(-1, 2, (n, 2))
-    mix = rng.uniform(0.2, 0.6, n)[:, None]
-    toward = np.where(rng.random(n)[:, None] < 0.5, 0.0, 1.0)
+    # Shadow or embossing: a copy of the digit offset by up to 2 pixels, between digit and background.
+    p["shadow"] = rng.random(n) < 0.2
+    p["shadow_shift"] = rng.integers(-2, 3, (n, 2))
+    mix = rng.uniform(0.2, 0.7, n)[:, None]
+    toward = np.where(rng.random(n)[:, None] < 0.6, 0.0, 1.0)
     p["shadow_rgb"] = p["bg"] * (1 - mix) + toward * mix
 
-    # Background: linear gradient, low-frequency texture, and sometimes a plate edge across it.
-    grad_angle = rng.uniform(0, 2 * np.pi, n)
-    grad = rng.uniform(0.0, 0.25, n) / SIZE
-    p["grad"] = np.stack([np.cos(grad_angle) * grad, np.sin(grad_angle) * grad], axis=1)
-    p["texture_amp"] = rng.uniform(0.0, 0.08, n) * (rng.random(n) < 0.7)
-    edge_angle = rng.uniform(0, 2 * np.pi, n)
-    p["edge_normal"] = np.stack([np.cos(edge_angle), np.sin(edge_angle)], axis=1)
-    p["edge_offset"] = rng.uniform(9.0, 20.0, n)  # from the centre: plate edges lie near the border
-    p["edge_rgb"] = rng.uniform(-0.4, 0.4, (n, 3)) * (rng.random(n) < 0.3)[:, None]
-    # Lighting: a multiplicative gradient over digit and background alike.
-    light_angle = rng.uniform(0, 2 * np.pi, n)
-    light = rng.uniform(0.0, 0.35, n) / SIZE
-    p["light"] = np.stack([np.cos(light_angle) * light, np.sin(light_angle) * light], axis=1)
+    # Background: gradient, coarse and fine texture, siding stripes, sometimes a plate edge across it.
+    grad = rng.uniform(0.0, 0.3, n) / SIZE
+    p["grad"] = _unit(rng.uniform(0, 2 * np.pi, n)) * grad[:, None]
+    p["texture_amp"] = rng.uniform(0.0, 0.12, n) * (rng.random(n) < 0.7)
+    p["fine_amp"] = rng.uniform(0.0, 0.08, n) * (rng.random(n) < 0.5)
+    period = rng.uniform(3.0, 10.0, n)
+    p["stripe_dir"] = _unit(rng.choice([0.0, 0.5 * np.pi], n) + rng.normal(0.0, 0.15, n)) / period[:, None]
+    p["stripe_phase"] = rng.random(n)
+    p["stripe_amp"] = rng.uniform(0.03, 0.12, n) * (rng.random(n) < 0.15)
+    p["edge_normal"] = _unit(rng.uniform(0, 2 * np.pi, n))
+    p["edge_offset"] = rng.uniform(8.0, 20.0, n)  # from the centre: plate edges lie near the border
+    p["edge_rgb"] = rng.uniform(-0.45, 0.45, (n, 3)) * (rng.random(n) < 0.35)[:, None]
 
-    sigma = rng.uniform(0.25, 1.3, n)
+    # Occluders in front of the digit: a bar (pole, wire, railing) or a blob (leaf, dirt).
+    occluded = rng.random(n) < 0.12
+    is_bar = rng.random(n) < 0.6
+    p["bar_normal"] = _unit(rng.uniform(0, 2 * np.pi, n))
+    p["bar_offset"] = rng.uniform(3.0, 16.0, n)
+    p["bar_half"] = rng.uniform(0.5, 2.0, n)
+    p["blob_centre"] = rng.uniform(-13.0, 13.0, (n, 2))
+    radius = rng.uniform(2.0, 5.0, n)
+    p["blob_r2"] = radius**2
+    p["blob_soft"] = 1.0 / (2.0 * radius)  # the ramp of r^2 - d^2 is about 2r per pixel at the rim
+    p["occ_alpha"] = rng.uniform(0.5, 0.9, n) * occluded
+    p["occ_bar"] = is_bar
+    p["occ_rgb"] = rng.random((n, 3))
+
+    # Lighting: a multiplicative gradient, a glare spot, and a colour cast over everything.
+    light = rng.uniform(0.0, 0.45, n) / SIZE
+    p["light"] = _unit(rng.uniform(0, 2 * np.pi, n)) * light[:, None]
+    p["glare_centre"] = rng.uniform(-14.0, 14.0, (n, 2))
+    p["glare_inv_r2"] = 1.0 / rng.uniform(4.0, 14.0, n) ** 2
+    p["glare"] = rng.uniform(0.15, 0.5, n) * (rng.random(n) < 0.1)
+    p["cast"] = np.exp(rng.normal(0.0, 0.08, (n, 3)))
+
+    sigma = rng.uniform(0.25, 1.2, n)
     p["edge_soft"] = 1.0 + 2.0 * sigma  # the plate edge's ramp width, as blurred as the digit
     taps = np.arange(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=np.float64)
     weights = np.exp(-0.5 * (taps[None, :] / sigma[:, None]) ** 2)
     p["blur"] = weights / weights.sum(axis=1, keepdims=True)
-    p["noise"] = rng.uniform(0.5, 6.0, n) / 255.0
+    # Low resolution: rendered at r x r and upsampled back (0: full resolution).
+    p["lowres"] = np.where(rng.random(n) < 0.3, rng.integers(14, 27, n), 0)
+    p["noise"] = np.exp(rng.uniform(np.log(0.5), np.log(8.0), n)) / 255.0
+    # JPEG at a random quality (0: none).
+    p["jpeg"] = np.where(rng.random(n) < 0.4, rng.integers(20, 86, n), 0)
 
     p["texture"] = rng.standard_normal((n, _TEXTURE_GRID, _TEXTURE_GRID), dtype=np.float32)
+    p["fine"] = rng.standard_normal((n, _FINE_GRID, _FINE_GRID), dtype=np.float32)
     p["pixel_noise"] = rng.standard_normal((n, 3, SIZE, SIZE), dtype=np.float32)
     return p
 
@@ -228,45 +258,57 @@ def _compose_canvas(p: dict[str, np.ndarray], rows: np.ndarray) -> tuple[np.ndar
     canvas = np.zeros((len(rows), _CANVAS, _CANVAS), dtype=np.uint8)
     centre = np.empty((len(rows), 2), dtype=np.float64)  # (x, y) in canvas pixels
     for k, i in enumerate(rows):
-        face, height, bold = int(p["face"][i]), int(p["height"][i]), bool(p["bold"][i])
-        mask, top = _glyph(face, height, bold, int(p["label"][i]))
+        height = int(p["height"][i])
+        mask, top = _glyph(p, i, 0, int(p["label"][i]), height)
         h, w = mask.shape
         x0, y0 = (_CANVAS - w) // 2, (_CANVAS - h) // 2
         baseline = y0 - top
         _paste(canvas[k], mask, y0, x0)
         centre[k] = (x0 + w / 2, y0 + h / 2)
-        if p["left"][i] >= 0:
-            m, t = _glyph(face, height, bold, int(p["left"][i]))
-            _paste(canvas[k], m, baseline + t, x0 - int(p["gap"][i, 0]) - m.shape[1])
-        if p["right"][i] >= 0:
-            m, t = _glyph(face, height, bold, int(p["right"][i]))
-            _paste(canvas[k], m, baseline + t, x0 + w + int(p["gap"][i, 1]))
+        for side, key in enumerate(("left", "right")):
+            if p[key][i] < 0:
+                continue
+            nb_height = int(np.clip(p["nb_height"][i, side], 8, 36))
+            m, t = _glyph(p, i, 1 + side, int(p[key][i]), nb_height)
+            x = x0 - int(p["gap"][i, 0]) - m.shape[1] if side == 0 else x0 + w + int(p["gap"][i, 1])
+            _paste(canvas[k], m, baseline + int(p["nb_dy"][i, side]) + t, x)
+        if p["stray"][i] >= 0:
+            m, t = _glyph(p, i, 3, int(p["stray"][i]), int(p["stray_height"][i]))
+            y = y0 + h + 2 if p["stray_below"][i] else y0 - 2 - m.shape[0]
+            _paste(canvas[k], m, y, x0 + (w - m.shape[1]) // 2)
     return canvas, centre
 
 
-def _sample(canvas: np.ndarray, centre: np.ndarray, inverse: np.ndarray, jitter: np.ndarray) -> np.ndarray:
-    """Bilinearly resample each canvas through its affine map onto the 32x32 output: ink in [0, 1]."""
-    n = len(canvas)
+def _morph(canvas: np.ndarray, op: np.ndarray) -> np.ndarray:
+    """Per-canvas 3x3-cross morphology: op 1 = half erosion (average with the eroded ink), 2 = dilation."""
+    if not op.any():
+        return canvas
+    pad = np.pad(canvas, ((0, 0), (1, 1), (1, 1)))
+    c = pad[:, 1:-1, 1:-1]
+    shifted = (pad[:, :-2, 1:-1], pad[:, 2:, 1:-1], pad[:, 1:-1, :-2], pad[:, 1:-1, 2:])
+    eroded, dilated = c.copy(), c.copy()
+    for s in shifted:
+        np.minimum(eroded, s, out=eroded)
+        np.maximum(dilated, s, out=dilated)
+    thinned = ((c.astype(np.uint16) + eroded) // 2).astype(np.uint8)
+    op = op[:, None, None]
+    return np.where(op == 1, thinned, np.where(op == 2, dilated, canvas))
+
+
+def _gather(flat: np.ndarray, side: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear lookup in images `flat` (n, side*side) at float coords (n, P), clipped inside: (n, P)."""
+    n = len(flat)
     f32 = np.float32
-    # Output pixel centres, flattened row-major, relative to where the labelled digit's centre lands.
-    coords = np.arange(SIZE, dtype=f32) + f32(0.5 - SIZE / 2)
-    u = np.tile(coords, SIZE)[None, :] - jitter[:, :1].astype(f32)
-    v = np.repeat(coords, SIZE)[None, :] - jitter[:, 1:].astype(f32)
-    inv = inverse.astype(f32)
-    # Source coordinates in canvas pixels, shifted by -0.5 so integer values hit pixel centres.
-    x = inv[:, 0:1] * u + inv[:, 1:2] * v + (centre[:, :1] - 0.5).astype(f32)
-    y = inv[:, 2:3] * u + inv[:, 3:4] * v + (centre[:, 1:] - 0.5).astype(f32)
-    # Clipping into the canvas reads its blank border, so anything outside it is background.
-    np.clip(x, 0, _CANVAS - 1.001, out=x)
-    np.clip(y, 0, _CANVAS - 1.001, out=y)
+    x = np.clip(x, 0, side - 1.001)
+    y = np.clip(y, 0, side - 1.001)
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = x - x0, y - y0
-    index = y0.astype(np.int32) * _CANVAS + x0.astype(np.int32)
-    index += (np.arange(n, dtype=np.int32) * (_CANVAS * _CANVAS))[:, None]
-    flat = canvas.reshape(-1)
+    index = y0.astype(np.int32) * side + x0.astype(np.int32)
+    index += (np.arange(n, dtype=np.int32) * (side * side))[:, None]
+    flat = flat.reshape(-1)
     v00 = flat.take(index).astype(f32)
     v01 = flat.take(index + 1).astype(f32)
-    index += _CANVAS
+    index += side
     v10 = flat.take(index).astype(f32)
     v11 = flat.take(index + 1).astype(f32)
     v01 -= v00
@@ -278,21 +320,45 @@ def _sample(canvas: np.ndarray, centre: np.ndarray, inverse: np.ndarray, jitter:
     v10 -= v00
     v10 *= fy
     v00 += v10
-    v00 *= f32(1 / 255)
-    return v00.reshape(n, SIZE, SIZE)
+    return v00
+
+
+def _sample(p: dict[str, np.ndarray], rows: np.ndarray, canvas: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Resample each canvas through its warp onto the 32x32 output: ink in [0, 1], (n, 32, 32)."""
+    n = len(canvas)
+    f32 = np.float32
+    # Output pixel centres, flattened row-major, relative to where the labelled digit's centre lands.
+    coords = np.arange(SIZE, dtype=f32) + f32(0.5 - SIZE / 2)
+    jitter = p["jitter"][rows].astype(f32)
+    u = np.tile(coords, SIZE)[None, :] - jitter[:, :1]
+    v = np.repeat(coords, SIZE)[None, :] - jitter[:, 1:]
+    inv = p["inverse"][rows].astype(f32)
+    g = p["keystone"][rows].astype(f32)
+    w = f32(1) + g[:, :1] * u + g[:, 1:] * v
+    # Source coordinates in canvas pixels, shifted by -0.5 so integer values hit pixel centres.
+    x = (inv[:, 0:1] * u + inv[:, 1:2] * v) / w + (centre[:, :1] - 0.5).astype(f32)
+    y = (inv[:, 2:3] * u + inv[:, 3:4] * v) / w + (centre[:, 1:] - 0.5).astype(f32)
+    warp = _upsample_grid(p["warp"][rows].reshape(-1, _WARP_GRID, _WARP_GRID)).reshape(n, 2, SIZE * SIZE)
+    amp = p["warp_amp"][rows].astype(f32)[:, None]
+    x += warp[:, 0] * amp
+    y += warp[:, 1] * amp
+    # Clipping into the canvas reads its blank border, so anything outside it is background.
+    ink = _gather(canvas.reshape(n, -1), _CANVAS, x, y)
+    ink *= f32(1 / 255)
+    return ink.reshape(n, SIZE, SIZE)
 
 
 def _shift(ink: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Each image's ink moved by its own (dx, dy) of -1, 0 or 1 pixels, blank where it came from outside."""
-    padded = np.pad(ink, ((0, 0), (1, 1), (1, 1)))
+    """Each image's ink moved by its own (dx, dy) of -2..2 pixels, blank where it came from outside."""
+    padded = np.pad(ink, ((0, 0), (2, 2), (2, 2)))
     idx = np.arange(SIZE)
     b = np.arange(len(ink))[:, None, None]
-    ys = (idx[None, :] + 1 - shift[:, 1, None])[:, :, None]
-    xs = (idx[None, :] + 1 - shift[:, 0, None])[:, None, :]
+    ys = (idx[None, :] + 2 - shift[:, 1, None])[:, :, None]
+    xs = (idx[None, :] + 2 - shift[:, 0, None])[:, None, :]
     return padded[b, ys, xs]
 
 
-def _upsample_texture(grid: np.ndarray) -> np.ndarray:
+def _upsample_grid(grid: np.ndarray) -> np.ndarray:
     """Bilinearly upsample (n, g, g) to (n, 32, 32) by gathering, without matrix products."""
     g = grid.shape[1]
     pos = (np.arange(SIZE) + 0.5) * (g - 1) / SIZE
@@ -320,6 +386,35 @@ def _blur(ink: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return out
 
 
+def _low_resolution(image: np.ndarray, res: np.ndarray) -> np.ndarray:
+    """(m, 3, 1024) images sampled at res x res pixels and bilinearly upsampled back to 32x32."""
+    m = len(image)
+    f32 = np.float32
+    r = res.astype(f32)[:, None]
+    j = np.arange(SIZE, dtype=f32)[None, :]
+    # Down: coarse pixel j's centre in fine pixels (columns past r are unused padding).
+    down = (j + f32(0.5)) * (f32(SIZE) / r) - f32(0.5)
+    xd, yd = np.tile(down, (1, SIZE)), np.repeat(down, SIZE, axis=1)
+    planes = image.reshape(m * 3, SIZE * SIZE)
+    coarse = _gather(planes, SIZE, np.repeat(xd, 3, axis=0), np.repeat(yd, 3, axis=0))
+    # Up: fine pixel i's centre in coarse pixels, clipped to the r valid ones.
+    up = np.minimum(np.maximum((j + f32(0.5)) * (r / f32(SIZE)) - f32(0.5), f32(0)), r - f32(1.001))
+    xu, yu = np.tile(up, (1, SIZE)), np.repeat(up, SIZE, axis=1)
+    return _gather(coarse, SIZE, np.repeat(xu, 3, axis=0), np.repeat(yu, 3, axis=0)).reshape(m, 3, -1)
+
+
+def _jpeg(pixels: np.ndarray, quality: np.ndarray) -> None:
+    """Round-trip the chosen (n, 32, 32, 3) uint8 images through Pillow's JPEG, in place."""
+    from PIL import Image
+
+    for k in np.nonzero(quality)[0]:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[k]).save(buffer, format="JPEG", quality=int(quality[k]))
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            pixels[k] = np.asarray(decoded.convert("RGB"))
+
+
 def _render_rows(p: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
     """Render the chosen rows of a chunk whose parameters are `p`: uint8 (len(rows), 32, 32, 3)."""
     f32 = np.float32
@@ -332,7 +427,8 @@ def _render_rows(p: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
         return p[key][rows].astype(f32).reshape(n, -1, 1)
 
     canvas, centre = _compose_canvas(p, rows)
-    ink = _sample(canvas, centre, p["inverse"][rows], p["jitter"][rows])
+    canvas = _morph(canvas, p["morph"][rows])
+    ink = _sample(p, rows, canvas, centre)
     del canvas
     # Only the digit is blurred: the background is smooth already and its one sharp feature, the plate
     # edge, is drawn with a matching soft ramp. Blurring one channel instead of three saves most of the time.
@@ -342,7 +438,13 @@ def _render_rows(p: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
     xs, ys = np.tile(coords, SIZE), np.repeat(coords, SIZE)  # each pixel's position, flattened row-major
     grad, normal, light = col("grad"), col("edge_normal"), col("light")
     shade = grad[:, :1] * xs + grad[:, 1:] * ys
-    shade += _upsample_texture(p["texture"][rows]).reshape(n, 1, -1) * col("texture_amp")
+    shade += _upsample_grid(p["texture"][rows]).reshape(n, 1, -1) * col("texture_amp")
+    shade += _upsample_grid(p["fine"][rows]).reshape(n, 1, -1) * col("fine_amp")
+    # Siding or brick courses: a triangle wave across the image (frac() keeps it element-wise).
+    sd = col("stripe_dir")
+    phase = sd[:, :1] * xs + sd[:, 1:] * ys + col("stripe_phase")
+    phase -= np.floor(phase)
+    shade += (np.abs(phase - f32(0.5)) * f32(4) - f32(1)) * col("stripe_amp")
     image = col("bg") + shade
     # A plate edge: one side of a line across the image takes another shade.
     distance = normal[:, :1] * xs + normal[:, 1:] * ys - col("edge_offset")
@@ -357,15 +459,46 @@ def _render_rows(p: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
         rgb = p["shadow_rgb"][rows[shadowed]].astype(f32)[:, :, None]
         image[shadowed] += (rgb - image[shadowed]) * shadow
     image += (col("fg") - image) * ink
+
+    occluded = np.nonzero(p["occ_alpha"][rows])[0]
+    if len(occluded):
+        o = rows[occluded]
+
+        def occ(key: str) -> np.ndarray:
+            return p[key][o].astype(f32).reshape(len(o), -1, 1)
+
+        bn, bc = occ("bar_normal"), occ("blob_centre")
+        bar = np.clip(
+            occ("bar_half") - np.abs(bn[:, :1] * xs + bn[:, 1:] * ys - occ("bar_offset")) + 0.5, 0, 1
+        )
+        dx, dy = xs - bc[:, :1], ys - bc[:, 1:]
+        blob = np.clip((occ("blob_r2") - dx * dx - dy * dy) * occ("blob_soft") + f32(0.5), 0, 1)
+        alpha = np.where(occ("occ_bar") > 0, bar, blob) * occ("occ_alpha")
+        image[occluded] += (occ("occ_rgb") - image[occluded]) * alpha
+
     image *= f32(1) + light[:, :1] * xs + light[:, 1:] * ys
+    # Glare: a bright spot with a smooth polynomial falloff, screened over the image.
+    gc = col("glare_centre")
+    gx, gy = xs - gc[:, :1], ys - gc[:, 1:]
+    spot = np.clip(f32(1) - (gx * gx + gy * gy) * col("glare_inv_r2"), 0, 1)
+    spot *= spot
+    spot *= col("glare")
+    image += (f32(1) - image) * spot
+    image *= col("cast")
+    np.clip(image, 0, 1, out=image)
+
+    small = np.nonzero(p["lowres"][rows])[0]
+    if len(small):
+        image[small] = _low_resolution(image[small], p["lowres"][rows[small]])
     noise = p["pixel_noise"][rows].reshape(n, 3, SIZE * SIZE)
     noise *= col("noise")
     image += noise
     np.clip(image, 0, 1, out=image)
     image *= f32(255)
     image += f32(0.5)
-    pixels = image.astype(np.uint8).reshape(n, 3, SIZE, SIZE)
-    return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
+    pixels = np.ascontiguousarray(image.astype(np.uint8).reshape(n, 3, SIZE, SIZE).transpose(0, 2, 3, 1))
+    _jpeg(pixels, p["jpeg"][rows])
+    return pixels
 
 
 def _render_chunk(seed: int, chunk: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
