@@ -95,10 +95,14 @@ def main() -> None:
     parser.add_argument("--ema", type=float, default=0.998, help="decay of the evaluated weight average")
     parser.add_argument("--seed", type=int, default=0, help="init, label subset and batch order")
     parser.add_argument("--no-record", action="store_true", help="print only, append nothing")
+    parser.add_argument(
+        "--no-data-init", action="store_true", help="skip improved-gan's data-dependent init (the default recipe)"
+    )
     args = parser.parse_args()
 
     from gan_models.data.synthetic_svhn import GENERATOR_VERSION, render_split
-    from gan_models.nets.ssgan import SSGANConvDiscriminator
+    from gan_models.nets.layers import data_dependent_init, trainable
+    from gan_models.nets.ssgan import INIT_IMAGES, SSGANConvDiscriminator
 
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -113,11 +117,18 @@ def main() -> None:
     xt, yt = to_tensor(test_images), torch.from_numpy(test_labels)
     del train_images, test_images
 
+    # The semi-supervised GAN's discriminator as the training loop builds it: hidden weight-norm scales
+    # fixed, improved-gan's data-dependent init on 500 training images (labelled or not: no labels
+    # are used), Adam with its epsilon.
     model = SSGANConvDiscriminator((3, 32, 32), 10, d_features=16, input_dropout=0.2, dropout=0.5)
+    if not args.no_data_init:
+        init_images = to_tensor(render_split(INIT_IMAGES, TRAIN_SEED)[0])  # the first 500 of the train stream
+        with model.whole_batches():
+            data_dependent_init(model, init_images)
     ema = copy.deepcopy(model)
     for q in ema.parameters():
         q.requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-4, betas=(0.5, 0.999))
+    opt = torch.optim.Adam(trainable(model), lr=3e-4, betas=(0.5, 0.999), eps=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     batch = 100
     steps_per_epoch = len(x) // batch
@@ -201,6 +212,9 @@ def main() -> None:
             "seeds": [TRAIN_SEED, TEST_SEED],
             "threads": torch.get_num_threads(),
             "precision": "fp32",
+            "data_init": not args.no_data_init,
+            "adam_eps": 1e-4,
+            "hidden_scales": "fixed",
         },
         "render_s": round(render_s, 1),
         "wall_s": round(time.perf_counter() - started, 1),
