@@ -82,10 +82,10 @@ def run(pretrain_steps: int | None, epochs: int, seed: int, width: int, data_roo
         ).numpy()
     encoder_acc = float((predicted == test_labels).mean())
     grid = RESULTS / f"stackedgan_conditional_{'default' if pretrain_steps is None else pretrain_steps}.png"
-    grid_z = sample_latent(
+    grid_latent = sample_latent(
         cfg.model, k * 8, k, generator=torch.Generator().manual_seed(2), labels=torch.arange(k).repeat(8)
-    ).z
-    save_grid(generator, grid_z, grid)
+    )
+    save_grid(generator, grid_latent, grid, nrow=k)
     return {
         "encoder_pretrain_steps": cfg.model.encoder_pretrain_steps,
         "epochs": epochs,
