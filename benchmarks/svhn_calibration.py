@@ -96,7 +96,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="init, label subset and batch order")
     parser.add_argument("--no-record", action="store_true", help="print only, append nothing")
     parser.add_argument(
-        "--no-data-init", action="store_true", help="skip improved-gan's data-dependent init (the default recipe)"
+        "--no-data-init",
+        action="store_true",
+        help="skip improved-gan's data-dependent init (the default recipe)",
     )
     args = parser.parse_args()
 
