@@ -45,6 +45,7 @@ from gan_models.nets.family import (
     Models,
     Terms,
     TrainingData,
+    gaussian_latent,
     require_classes,
     terms,
     unsupported,
@@ -347,7 +348,7 @@ def build(options: SSGANOptions, image_shape: ImageShape, num_classes: int) -> M
 def sample_latent(options: SSGANOptions, draws: Draws, num_classes: int) -> Latent:
     if options.latent == "uniform":
         return Latent(draws.uniform(options.latent_dim, 0.0, 1.0))
-    return Latent(draws.normal(options.latent_dim))
+    return gaussian_latent(options, draws, num_classes)
 
 
 def initialize(
@@ -386,8 +387,7 @@ def discriminator_objective(
         logits_real, logits_fake = logits.split([len(real), len(fake)])
     # The unsupervised term scores the unlabelled batch, as improved-gan's `x_unl` (fully labelled
     # batches: all of it).
-    unlabeled = labels < 0
-    logits_unl = logits_real[unlabeled] if bool(unlabeled.any()) else logits_real
+    logits_unl = _unlabeled(logits_real, labels)
     supervised, unsupervised = ssgan_discriminator_loss(
         logits_real, labels, logits_unl, logits_fake, cfg.label_smoothing
     )
@@ -411,15 +411,17 @@ def generator_objective(
     # The target is an unlabelled real batch (labels -1): with `independent` (improved-gan's
     # `trainx_unl2`) the loop hands this step its own batch, all unlabelled; with `unlabeled` it is
     # the D step's unlabelled part. `all` adds the labelled batch. Fully labelled batches match all.
-    unlabeled = labels < 0
-    if cfg.feature_matching_target != "all" and bool(unlabeled.any()):
-        target = real[unlabeled]
-    else:
-        target = real
+    target = real if cfg.feature_matching_target == "all" else _unlabeled(real, labels)
     with torch.no_grad():
         _, real_features = models["discriminator"](target)
     loss = feature_matching_loss(real_features, fake_features, _distance(models, cfg))
     return terms(loss, feature_matching=loss)
+
+
+def _unlabeled(x: Tensor, labels: Tensor) -> Tensor:
+    """The rows of `x` whose label is hidden (-1); all of `x` when every row is labelled."""
+    unlabeled = labels < 0
+    return x[unlabeled] if bool(unlabeled.any()) else x
 
 
 def _distance(models: Models, cfg: TrainConfig) -> str:

@@ -135,11 +135,10 @@ def iterate_batches(
         lab = labeled_stream(data.labeled, len(indices), seed, epoch, rank).to(device)
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
-        g_real = None if second is None else to_float(data.images[second[start : start + batch_size]])
+        g_real = None if second is None else data.real(second[start : start + batch_size])
         if lab is None:
-            yield Batch(to_float(data.images[idx]), data.labels[idx], g_real)
+            yield Batch(data.real(idx), data.labels[idx], g_real)
         else:
             lab_idx = lab[start : start + batch_size]
-            images = torch.cat([data.images[lab_idx], data.images[idx]])
             labels = torch.cat([data.labels[lab_idx], torch.full_like(idx, -1)])
-            yield Batch(to_float(images), labels, g_real)
+            yield Batch(data.real(torch.cat([lab_idx, idx])), labels, g_real)
