@@ -16,6 +16,7 @@ instead, the same budget with only that option changed (`ABLATIONS`); rows carry
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -92,7 +93,7 @@ def run(
     dataset: str, mode: str, seed: int, epochs: int, decay: int | None, data_root: Path, extra: list[str]
 ) -> dict:
     from gan_models.config import load_config
-    from gan_models.data.prepare import prepare_dataset, prepared_path
+    from gan_models.data.prepare import content_params, prepare_dataset, prepared_path
     from gan_models.data.prepared import PreparedDataset
     from gan_models.metrics.accuracy import classifier_accuracy
     from gan_models.training.loop import TrainHooks, train
@@ -108,6 +109,9 @@ def run(
     overrides += [f"train.lr_decay_start={decay}"] if decay is not None else []
     overrides += ["train.unlabeled_weight=0"] if mode == "supervised" else []
     cfg = load_config(None, overrides + extra)
+    # One prepared copy per content (sizes, difficulty, labels...): runs with other data never share one.
+    digest = hashlib.sha1(json.dumps(content_params(cfg.data), sort_keys=True).encode()).hexdigest()[:10]
+    cfg = load_config(None, [*overrides, *extra, f"data.root={data_root / digest}"])
     path = prepared_path(cfg.data)
     ds = PreparedDataset.open(path) if (path / "manifest.json").exists() else prepare_dataset(cfg.data)
 

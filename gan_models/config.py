@@ -33,6 +33,9 @@ class SyntheticConfig(_Section):
     train_size: int = Field(73_257, gt=0)
     test_size: int = Field(26_032, ge=0)
     seed: int = Field(0, ge=0)
+    difficulty: float = Field(
+        1.0, ge=0, le=1, description="scales every nuisance of the renders (1: the full setting; 0: none)"
+    )
     workers: int = Field(2, ge=1, description="processes rendering digits; does not change the bytes")
 
 

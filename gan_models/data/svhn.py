@@ -124,13 +124,20 @@ def load_synthetic_svhn(cfg: DataConfig, progress: Progress | None = None) -> Ra
             if n == 0:
                 continue
             tick = _accumulate(progress, f"render {split}", n) if progress else None
-            images, labels = render_split(n, seeds[split], workers=syn.workers, progress=tick)
+            images, labels = render_split(
+                n, seeds[split], workers=syn.workers, progress=tick, difficulty=syn.difficulty
+            )
             path = Path(tmp) / OFFICIAL[split][0]
             write_svhn_mat(path, images, labels)
             del images, labels
             md5s[path.name] = md5_file(path)
             data[split] = read_svhn_mat(path)
-    info = {"generator_version": GENERATOR_VERSION, "seeds": seeds, "sizes": sizes}
+    info = {
+        "generator_version": GENERATOR_VERSION,
+        "difficulty": syn.difficulty,
+        "seeds": seeds,
+        "sizes": sizes,
+    }
     return RawDataset(data, CLASS_NAMES, source_md5=md5s, source_info=info)
 
 

@@ -115,32 +115,37 @@ def _unit(angle: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(angle), np.sin(angle)], axis=1)
 
 
-def _draw_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _draw_params(rng: np.random.Generator, difficulty: float = 1.0) -> dict[str, np.ndarray]:
     """Every per-example random choice of one chunk, drawn in a fixed order with fixed sizes.
+
+    `difficulty` in [0, 1] scales every nuisance (distortion amplitudes, the share of stroke digits,
+    occluders, glare, low resolution and JPEG, the tail of faint digits) from none to the full setting;
+    the same numbers are drawn whatever its value (only what they are multiplied by changes), and at 1
+    every product is exact, so the full setting's bytes are those of the unscaled generator.
 
     Everything non-linear (trigonometry, exponentials, matrix products) is computed here for the whole
     chunk, so an example's parameters are the same whichever rows of the chunk are rendered.
     """
-    n = CHUNK
+    n, h = CHUNK, difficulty  # h: how hard
     p: dict[str, np.ndarray] = {}
     p["label"] = rng.choice(10, size=n, p=_SVHN_TRAIN_COUNTS / _SVHN_TRAIN_COUNTS.sum()).astype(np.int64)
     p["left"] = np.where(rng.random(n) < 0.6, rng.integers(0, 10, n), -1)  # -1: no neighbour
     p["right"] = np.where(rng.random(n) < 0.6, rng.integers(0, 10, n), -1)
     # Stray text (a street name, a second number) above or below: digit, side, size.
-    p["stray"] = np.where(rng.random(n) < 0.08, rng.integers(0, 10, n), -1)
+    p["stray"] = np.where(rng.random(n) < 0.08 * h, rng.integers(0, 10, n), -1)
     p["stray_below"] = rng.random(n) < 0.5
     p["stray_height"] = rng.integers(6, 11, n)
 
     # Glyph style. Neighbours usually share the labelled digit's face, sometimes not (mixed plates).
-    p["stroke"] = rng.random(n) < _STROKE_SHARE
+    p["stroke"] = rng.random(n) < _STROKE_SHARE * h
     p["face"] = rng.choice(len(FACES), size=n, p=_FACE_WEIGHTS / _FACE_WEIGHTS.sum())
     other = rng.choice(len(FACES), size=(n, 3), p=_FACE_WEIGHTS / _FACE_WEIGHTS.sum())
     p["nb_face"] = np.where(rng.random((n, 3)) < 0.8, p["face"][:, None], other)
     p["height"] = rng.integers(_MIN_HEIGHT, _MAX_HEIGHT + 1, n)
-    p["bold"] = rng.random(n) < 0.2  # a 1-pixel outline stroke: thicker than any face
+    p["bold"] = rng.random(n) < 0.2 * h  # a 1-pixel outline stroke: thicker than any face
     p["pen"] = rng.uniform(0.06, 0.2, n)  # stroke digits: pen width relative to the height
     p["stroke_aspect"] = rng.uniform(0.75, 1.3, n)
-    wobble = rng.uniform(0.0, 0.025, n)[:, None, None, None]
+    wobble = rng.uniform(0.0, 0.025 * h, n)[:, None, None, None]
     p["stroke_jitter"] = rng.standard_normal((n, 4, JITTER_POINTS, 2)) * wobble
     # Neighbours: own height (a plate's digits are not always one size), baseline offset and gap.
     p["nb_height"] = np.round(p["height"][:, None] * rng.uniform(0.75, 1.25, (n, 2))).astype(np.int64)
@@ -148,12 +153,12 @@ def _draw_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
     gap = rng.uniform(0.04, 0.45, (n, 2)) * p["height"][:, None]
     p["gap"] = np.round(gap).astype(np.int64)
     # Ink morphology on the canvas: 0 none, 1 half erosion (thinner, fainter strokes), 2 dilation.
-    p["morph"] = rng.choice(3, size=n, p=[0.8, 0.08, 0.12])
+    p["morph"] = rng.choice(3, size=n, p=[1.0 - 0.2 * h, 0.08 * h, 0.12 * h])
 
     # Geometry. Source (canvas) = centre + A^-1 (out - centre - jitter) / w + elastic, where
     # w = 1 + g.(out - centre) is a keystone (perspective) term, and A = R(angle) . shear . diag(sx, sy).
-    angle = np.deg2rad(np.clip(rng.normal(0.0, 7.0, n), -25.0, 25.0))
-    shear = rng.uniform(-0.2, 0.2, n)
+    angle = np.deg2rad(np.clip(rng.normal(0.0, 7.0, n) * h, -25.0, 25.0))
+    shear = rng.uniform(-0.2, 0.2, n) * h
     scale = rng.uniform(0.9, 1.1, n)
     aspect = rng.uniform(0.75, 1.2, n)  # width relative to height: condensed to wide faces
     jitter = rng.uniform(-2.0, 2.0, (n, 2))
@@ -163,8 +168,8 @@ def _draw_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
     det = a * e - b * d
     p["inverse"] = np.stack([e / det, -b / det, -d / det, a / det], axis=1)
     p["jitter"] = jitter
-    p["keystone"] = rng.uniform(-0.008, 0.008, (n, 2)) * (rng.random(n) < 0.5)[:, None]
-    p["warp_amp"] = rng.uniform(0.0, 1.0, n) * (rng.random(n) < 0.4)
+    p["keystone"] = rng.uniform(-0.008, 0.008, (n, 2)) * h * (rng.random(n) < 0.5)[:, None]
+    p["warp_amp"] = rng.uniform(0.0, 1.0, n) * h * (rng.random(n) < 0.4)
     p["warp"] = rng.standard_normal((n, 2, _WARP_GRID, _WARP_GRID), dtype=np.float32)
 
     # Colours: background and digit whose luminances differ by a log-normal contrast (heavy tail of
@@ -174,8 +179,10 @@ def _draw_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
     grey_bg, grey_fg = _luminance(bg_rgb)[:, None], _luminance(fg_rgb)[:, None]
     bg_rgb = grey_bg + (bg_rgb - grey_bg) * saturation[:, :1]
     fg_rgb = grey_fg + (fg_rgb - grey_fg) * saturation[:, 1:]
-    contrast = np.exp(np.log(_CONTRAST_MEDIAN) + _CONTRAST_SPREAD * rng.standard_normal(n))
-    contrast = np.clip(contrast, _MIN_CONTRAST, 0.85)
+    # Easier settings shift the contrast toward the median's upper side and narrow its tail.
+    median = _CONTRAST_MEDIAN + (1.0 - h) * 0.15
+    contrast = np.exp(np.log(median) + _CONTRAST_SPREAD * h * rng.standard_normal(n))
+    contrast = np.clip(contrast, _MIN_CONTRAST + (1.0 - h) * 0.2, 0.85)
     low = rng.uniform(0.03, 1.0 - contrast)
     light_digit = rng.random(n) < 0.45
     bg_lum = np.where(light_digit, low, low + contrast)
@@ -192,7 +199,7 @@ def _draw_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
     p["fg"] = fg + (target[:, None] - fg) * t[:, None]
 
     # Shadow or embossing: a copy of the digit offset by up to 2 pixels, between digit and background.
-    p["shadow"] = rng.random(n) < 0.2
+    p["shadow"] = rng.random(n) < 0.2 * h
     p["shadow_shift"] = rng.integers(-2, 3, (n, 2))
     mix = rng.uniform(0.2, 0.7, n)[:, None]
     toward = np.where(rng.random(n)[:, None] < 0.6, 0.0, 1.0)
@@ -201,18 +208,18 @@ def _draw_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
     # Background: gradient, coarse and fine texture, siding stripes, sometimes a plate edge across it.
     grad = rng.uniform(0.0, 0.3, n) / SIZE
     p["grad"] = _unit(rng.uniform(0, 2 * np.pi, n)) * grad[:, None]
-    p["texture_amp"] = rng.uniform(0.0, 0.12, n) * (rng.random(n) < 0.7)
-    p["fine_amp"] = rng.uniform(0.0, 0.08, n) * (rng.random(n) < 0.5)
+    p["texture_amp"] = rng.uniform(0.0, 0.12, n) * h * (rng.random(n) < 0.7)
+    p["fine_amp"] = rng.uniform(0.0, 0.08, n) * h * (rng.random(n) < 0.5)
     period = rng.uniform(3.0, 10.0, n)
     p["stripe_dir"] = _unit(rng.choice([0.0, 0.5 * np.pi], n) + rng.normal(0.0, 0.15, n)) / period[:, None]
     p["stripe_phase"] = rng.random(n)
-    p["stripe_amp"] = rng.uniform(0.03, 0.12, n) * (rng.random(n) < 0.15)
+    p["stripe_amp"] = rng.uniform(0.03, 0.12, n) * h * (rng.random(n) < 0.15)
     p["edge_normal"] = _unit(rng.uniform(0, 2 * np.pi, n))
     p["edge_offset"] = rng.uniform(8.0, 20.0, n)  # from the centre: plate edges lie near the border
-    p["edge_rgb"] = rng.uniform(-0.45, 0.45, (n, 3)) * (rng.random(n) < 0.35)[:, None]
+    p["edge_rgb"] = rng.uniform(-0.45, 0.45, (n, 3)) * h * (rng.random(n) < 0.35)[:, None]
 
     # Occluders in front of the digit: a bar (pole, wire, railing) or a blob (leaf, dirt).
-    occluded = rng.random(n) < 0.12
+    occluded = rng.random(n) < 0.12 * h
     is_bar = rng.random(n) < 0.6
     p["bar_normal"] = _unit(rng.uniform(0, 2 * np.pi, n))
     p["bar_offset"] = rng.uniform(3.0, 16.0, n)
@@ -226,23 +233,23 @@ def _draw_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
     p["occ_rgb"] = rng.random((n, 3))
 
     # Lighting: a multiplicative gradient, a glare spot, and a colour cast over everything.
-    light = rng.uniform(0.0, 0.45, n) / SIZE
+    light = rng.uniform(0.0, 0.45, n) * h / SIZE
     p["light"] = _unit(rng.uniform(0, 2 * np.pi, n)) * light[:, None]
     p["glare_centre"] = rng.uniform(-14.0, 14.0, (n, 2))
     p["glare_inv_r2"] = 1.0 / rng.uniform(4.0, 14.0, n) ** 2
-    p["glare"] = rng.uniform(0.15, 0.5, n) * (rng.random(n) < 0.1)
-    p["cast"] = np.exp(rng.normal(0.0, 0.08, (n, 3)))
+    p["glare"] = rng.uniform(0.15, 0.5, n) * (rng.random(n) < 0.1 * h)
+    p["cast"] = np.exp(rng.normal(0.0, 0.08, (n, 3)) * h)
 
-    sigma = rng.uniform(0.25, 1.2, n)
+    sigma = rng.uniform(0.25, 0.25 + 0.95 * h, n)
     p["edge_soft"] = 1.0 + 2.0 * sigma  # the plate edge's ramp width, as blurred as the digit
     taps = np.arange(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=np.float64)
     weights = np.exp(-0.5 * (taps[None, :] / sigma[:, None]) ** 2)
     p["blur"] = weights / weights.sum(axis=1, keepdims=True)
     # Low resolution: rendered at r x r and upsampled back (0: full resolution).
-    p["lowres"] = np.where(rng.random(n) < 0.3, rng.integers(14, 27, n), 0)
-    p["noise"] = np.exp(rng.uniform(np.log(0.5), np.log(8.0), n)) / 255.0
+    p["lowres"] = np.where(rng.random(n) < 0.3 * h, rng.integers(14, 27, n), 0)
+    p["noise"] = np.exp(rng.uniform(np.log(0.5), np.log(0.5 + 7.5 * h), n)) / 255.0
     # JPEG at a random quality (0: none).
-    p["jpeg"] = np.where(rng.random(n) < 0.4, rng.integers(20, 86, n), 0)
+    p["jpeg"] = np.where(rng.random(n) < 0.4 * h, rng.integers(20, 86, n), 0)
 
     p["texture"] = rng.standard_normal((n, _TEXTURE_GRID, _TEXTURE_GRID), dtype=np.float32)
     p["fine"] = rng.standard_normal((n, _FINE_GRID, _FINE_GRID), dtype=np.float32)
@@ -501,9 +508,11 @@ def _render_rows(p: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def _render_chunk(seed: int, chunk: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+def _render_chunk(
+    seed: int, chunk: int, lo: int, hi: int, difficulty: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Examples lo..hi (within the chunk) of chunk `chunk` of the stream `seed`."""
-    p = _draw_params(_chunk_rng(seed, chunk))
+    p = _draw_params(_chunk_rng(seed, chunk), difficulty)
     images = np.empty((hi - lo, SIZE, SIZE, 3), dtype=np.uint8)
     # Rows are rendered a block at a time to keep the float temporaries small; each row's bytes do not
     # depend on the blocking.
@@ -513,25 +522,30 @@ def _render_chunk(seed: int, chunk: int, lo: int, hi: int) -> tuple[np.ndarray, 
     return images, p["label"][lo:hi].copy()
 
 
-def _render_chunk_task(task: tuple[int, int, int, int]) -> tuple[int, np.ndarray, np.ndarray]:
-    seed, chunk, lo, hi = task
-    images, labels = _render_chunk(seed, chunk, lo, hi)
+def _render_chunk_task(task: tuple[int, int, int, int, float]) -> tuple[int, np.ndarray, np.ndarray]:
+    seed, chunk, lo, hi, difficulty = task
+    images, labels = _render_chunk(seed, chunk, lo, hi, difficulty)
     return chunk, images, labels
 
 
-def _check(n: int, seed: int, start: int = 0) -> None:
+def _check(n: int, seed: int, start: int = 0, difficulty: float = 1.0) -> None:
     if n < 0 or start < 0:
         raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0 (numpy SeedSequence entropy), got {seed}")
+    if not 0.0 <= difficulty <= 1.0:
+        raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
 
 
 # Public API.
 
 
-def render_digits(n: int, seed: int, *, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Images uint8 (n, 32, 32, 3) NHWC and labels int64 (n,) in 0..9: examples start..start+n of `seed`."""
-    _check(n, seed, start)
+def render_digits(
+    n: int, seed: int, *, start: int = 0, difficulty: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 (n, 32, 32, 3) NHWC and labels int64 (n,) in 0..9: examples start..start+n of `seed`
+    at `difficulty` (1: the full nuisance setting; see `_draw_params`)."""
+    _check(n, seed, start, difficulty)
     images = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
     labels = np.empty(n, dtype=np.int64)
     pos = start
@@ -539,21 +553,25 @@ def render_digits(n: int, seed: int, *, start: int = 0) -> tuple[np.ndarray, np.
         chunk, lo = divmod(pos, CHUNK)
         hi = min(CHUNK, lo + start + n - pos)
         out = slice(pos - start, pos - start + hi - lo)
-        images[out], labels[out] = _render_chunk(seed, chunk, lo, hi)
+        images[out], labels[out] = _render_chunk(seed, chunk, lo, hi, difficulty)
         pos += hi - lo
     return images, labels
 
 
 def render_split(
-    n: int, seed: int, workers: int = 1, progress: Callable[[int], None] | None = None
+    n: int,
+    seed: int,
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+    difficulty: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Examples 0..n of `seed`, byte-identical for any `workers`; `progress(k)` after each chunk of k."""
-    _check(n, seed)
+    _check(n, seed, difficulty=difficulty)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     images = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
     labels = np.empty(n, dtype=np.int64)
-    tasks = [(seed, c, 0, min(CHUNK, n - c * CHUNK)) for c in range(math.ceil(n / CHUNK))]
+    tasks = [(seed, c, 0, min(CHUNK, n - c * CHUNK), difficulty) for c in range(math.ceil(n / CHUNK))]
 
     def store(chunk: int, chunk_images: np.ndarray, chunk_labels: np.ndarray) -> None:
         images[chunk * CHUNK : chunk * CHUNK + len(chunk_labels)] = chunk_images

@@ -84,6 +84,25 @@ def test_labelled_digit_is_centred(split: tuple[np.ndarray, np.ndarray]) -> None
     assert centre > 1.25 * edges
 
 
+def test_difficulty_scales_the_nuisances_of_the_same_examples() -> None:
+    # The same labels and layout at every difficulty (the same numbers are drawn), and an easier render
+    # is a clearer one: the digit stands out more from its background (the centre's departure from the
+    # image's median grey, as above, grows), and 1 is the full setting, byte for byte.
+    def ink_contrast(images: np.ndarray) -> float:
+        grey = images.astype(np.float32).mean(axis=3)
+        ink = np.abs(grey - np.median(grey.reshape(len(grey), -1), axis=1)[:, None, None])
+        return float(ink[:, 10:22, 10:22].mean())
+
+    full = render_digits(400, 5)
+    assert _md5(*render_digits(400, 5, difficulty=1.0)) == _md5(*full)
+    easy, half = render_digits(400, 5, difficulty=0.0), render_digits(400, 5, difficulty=0.5)
+    np.testing.assert_array_equal(easy[1], full[1])
+    np.testing.assert_array_equal(half[1], full[1])
+    assert ink_contrast(easy[0]) > ink_contrast(half[0]) > ink_contrast(full[0])
+    with pytest.raises(ValueError, match="difficulty"):
+        render_digits(1, 0, difficulty=1.5)
+
+
 def test_no_global_random_state_is_used_or_changed() -> None:
     np_state, py_state = np.random.get_state(), random.getstate()
     np.random.seed(1)
@@ -158,7 +177,7 @@ def test_prepared_synthetic_svhn_reads_back_with_its_generator_version(
     )
     ds = prepare_dataset(cfg.data)
     source = ds.manifest["source"]
-    assert source["generator_version"] == GENERATOR_VERSION
+    assert source["generator_version"] == GENERATOR_VERSION and source["difficulty"] == 1.0
     assert source["seeds"] == {"train": 0, "test": 1} and set(source["md5"]) == {
         "train_32x32.mat",
         "test_32x32.mat",
