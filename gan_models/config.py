@@ -110,6 +110,12 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="one-sided: real target is 1 - value")
     historical_averaging: float = Field(0.0, ge=0)
     unlabeled_weight: float = Field(1.0, ge=0)
+    unlabeled_rampup: int = Field(
+        0,
+        ge=0,
+        description="SSGAN: steps over which the unsupervised weight ramps up from 0 "
+        "(exp(-5 (1 - t/T)^2), Laine & Aila 2017); 0: full weight from the first step (improved-gan)",
+    )
     info_weight: float = Field(1.0, ge=0)
     conditional_weight: float = Field(1.0, ge=0, description="StackedGAN's conditional (encoder) losses")
     ema_decay: float = Field(

@@ -7,6 +7,7 @@ so a checkpoint can carry them. Pass them the unwrapped module (`ddp.module`) so
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,7 +16,14 @@ from torch import Tensor, nn
 
 from gan_models.nets.layers import MinibatchDiscrimination, is_fixed
 
-__all__ = ["EMA", "HistoricalAveraging", "MinibatchDiscrimination", "clip_gradients", "set_requires_grad"]
+__all__ = [
+    "EMA",
+    "HistoricalAveraging",
+    "MinibatchDiscrimination",
+    "clip_gradients",
+    "set_requires_grad",
+    "sigmoid_rampup",
+]
 
 
 class HistoricalAveraging:
@@ -115,3 +123,12 @@ def set_requires_grad(modules: Iterable[nn.Module], flag: bool) -> None:
     for module in modules:
         for p in module.parameters():
             p.requires_grad_(flag and not is_fixed(p))
+
+
+def sigmoid_rampup(step: int, length: int) -> float:
+    """exp(-5 (1 - t)^2) for t = step / length in [0, 1), then 1 (Laine & Aila 2017's ramp-up): a weight
+    that starts near 0 and reaches 1 smoothly; `length` 0 is no ramp."""
+    if length <= 0 or step >= length:
+        return 1.0
+    t = 1.0 - step / length
+    return math.exp(-5.0 * t * t)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gan_models.config import Config
+from gan_models.config import Config, TrainConfig
 from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import GanOpsError
 from gan_models.io import write_with
@@ -32,7 +32,7 @@ from gan_models.training.batches import DeviceData, iterate_batches, steps_per_e
 from gan_models.training.checkpoint import TrainState, check_compatible, load_checkpoint, save_checkpoint
 from gan_models.training.samples import fixed_latent, save_grid
 from gan_models.training.validation import Score, check_validation, score, validate
-from gan_models.tricks import EMA, HistoricalAveraging, clip_gradients, set_requires_grad
+from gan_models.tricks import EMA, HistoricalAveraging, clip_gradients, set_requires_grad, sigmoid_rampup
 
 CHECKPOINT_NAME = "checkpoint.pt"
 BEST_NAME = "checkpoint_best.pt"  # the state at the best validation score (with train.eval_every)
@@ -297,6 +297,7 @@ def train(
         for batch in batches:
             step_terms: dict[str, Tensor] = {}
             losses: dict[str, Tensor] = {}
+            step_cfg = _ramped(tc, state.step)
             for phase in phases:
                 real, labels = batch.for_generator() if phase.name == "g" else (batch.real, batch.labels)
                 real = real.contiguous(memory_format=layout)
@@ -306,7 +307,7 @@ def train(
                     cfg.model, tc.batch_size, dataset.num_classes, generator=noise, device=device
                 )
                 with _no_sync(phase.unsynced.values()), autocast():
-                    result = phase.objective(wrapped, real, labels, latent, cfg.model, tc)
+                    result = phase.objective(wrapped, real, labels, latent, cfg.model, step_cfg)
                 loss = result["loss"]
                 if phase.averaging is not None:
                     net, average = phase.averaging
@@ -423,6 +424,13 @@ def _published(saved: dict[str, Any]) -> dict[str, dict[str, Tensor]]:
     for name, ema_state in saved["ema"].items():
         weights[name].update(ema_state["shadow"])
     return weights
+
+
+def _ramped(tc: TrainConfig, step: int) -> TrainConfig:
+    """`tc` with the unsupervised weight of step `step` under `train.unlabeled_rampup` (a function of
+    the step alone, so a resumed run follows the same ramp)."""
+    factor = sigmoid_rampup(step, tc.unlabeled_rampup)
+    return tc if factor == 1.0 else tc.model_copy(update={"unlabeled_weight": tc.unlabeled_weight * factor})
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -13,7 +13,8 @@ from gan_models.losses import feature_matching_loss
 from gan_models.nets import build_models, family
 from gan_models.nets.layers import data_dependent_init, is_fixed, trainable
 from gan_models.training.batches import DeviceData, iterate_batches
-from gan_models.training.loop import train
+from gan_models.training.loop import TrainHooks, train
+from gan_models.tricks import sigmoid_rampup
 from tests.training.conftest import tiny_config, tiny_dataset
 
 
@@ -170,3 +171,33 @@ def test_stackedgan_encoder_is_pretrained_on_the_labelled_pool(tmp_path: Path) -
 
     assert pool_accuracy(0) < 0.5  # untrained: near chance
     assert pool_accuracy(100) == 1.0  # the 20 labelled images, learned
+
+
+def test_unsupervised_weight_ramps_up_per_step_and_resumes_on_the_ramp(tmp_path: Path) -> None:
+    # 200 images, batch 20: 10 steps an epoch; a ramp over 15 steps spans the resume at step 10.
+    dataset = tiny_dataset(tmp_path / "d", shape=(32, 32, 3), n=200)
+    seen: dict[int, dict[str, float]] = {}
+
+    def on_step(step: int, terms: dict[str, torch.Tensor]) -> None:
+        seen[step - 1] = {k: float(v) for k, v in terms.items()}  # called after the step's count moved
+
+    ramp = ("train.unlabeled_rampup=15", "train.unlabeled_weight=2")
+    full = train(
+        tiny_config("train.epochs=2", *ramp),
+        dataset,
+        out_dir=tmp_path / "f",
+        hooks=TrainHooks(on_step=on_step),
+    )
+    for step, t in seen.items():
+        weight = 2 * sigmoid_rampup(step, 15)
+        assert t["d_loss"] == pytest.approx(t["d_supervised"] + weight * t["d_unsupervised"], rel=1e-5), step
+    assert sigmoid_rampup(0, 15) < 0.01 and sigmoid_rampup(15, 15) == 1.0
+    # Resumed at step 10, the ramp continues where it was: the same weights as the run without a break.
+    first = train(tiny_config("train.epochs=1", *ramp), dataset, out_dir=tmp_path / "r")
+    resumed = train(
+        tiny_config("train.epochs=2", *ramp), dataset, out_dir=tmp_path / "r", resume=first.checkpoint
+    )
+    flat = train(tiny_config("train.epochs=2"), dataset, out_dir=tmp_path / "n")
+    sd_full, sd_resumed, sd_flat = (r.models["discriminator"].state_dict() for r in (full, resumed, flat))
+    assert all(torch.equal(sd_full[k], sd_resumed[k]) for k in sd_full)
+    assert any(not torch.equal(sd_full[k], sd_flat[k]) for k in sd_full)  # the ramp changes training
