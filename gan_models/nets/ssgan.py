@@ -237,8 +237,9 @@ class SSGANMLPGenerator(nn.Module):
 
 
 class SSGANConvGenerator(nn.Module):
-    """improved-gan's SVHN/CIFAR generator: dense to (8g) x 4 x 4, then 5x5 stride-2 transposed convs
-    halving the width (BN, ReLU), then a weight-normed 5x5 transposed conv to the image and tanh.
+    """improved-gan's SVHN/CIFAR generator: dense to (8g) x 4 x 4 (BN per unit, ReLU), then 5x5 stride-2
+    transposed convs halving the width (BN per channel, ReLU), then a weight-normed 5x5 transposed conv
+    to the image and tanh.
 
     At g_features=64 this is the reference's 512 x 4 x 4 -> 256 x 8 x 8 -> 128 x 16 x 16 -> 3 x 32 x 32
     (64x64 images get one more block). Weights start N(0, 0.05) as there; the output layer's scale is
@@ -254,11 +255,14 @@ class SSGANConvGenerator(nn.Module):
         width = g_features * 8
         self.input_dim = latent_dim
         self.image_shape = image_shape
+        # The dense layer's batch norm is per unit (improved-gan's DenseLayer), not per channel: each of
+        # the 8g x 4 x 4 units loses its own mean over the batch, so what is left varies with z. Per
+        # channel, a fixed 4 x 4 pattern survives the norm, and the generator collapsed onto it.
         layers: list[nn.Module] = [
             nn.Linear(latent_dim, width * base * base, bias=False),
-            nn.Unflatten(1, (width, base, base)),
-            _batch_norm(nn.BatchNorm2d, width, bn_scale),
+            _batch_norm(nn.BatchNorm1d, width * base * base, bn_scale),
             nn.ReLU(True),
+            nn.Unflatten(1, (width, base, base)),
         ]
         for _ in range(n - 1):
             out = max(width // 2, g_features)

@@ -201,3 +201,17 @@ def test_unsupervised_weight_ramps_up_per_step_and_resumes_on_the_ramp(tmp_path:
     sd_full, sd_resumed, sd_flat = (r.models["discriminator"].state_dict() for r in (full, resumed, flat))
     assert all(torch.equal(sd_full[k], sd_resumed[k]) for k in sd_full)
     assert any(not torch.equal(sd_full[k], sd_flat[k]) for k in sd_full)  # the ramp changes training
+
+
+def test_generator_dense_batch_norm_is_per_unit_so_no_fixed_pattern_survives() -> None:
+    # improved-gan normalises each of the dense layer's 8g x 4 x 4 units over the batch: what reaches
+    # the transposed convs varies with z everywhere. Per channel (the earlier form), each unit kept a
+    # z-independent mean, and trained generators collapsed onto that fixed 4 x 4 pattern.
+    cfg = load_config(None, ["model.g_features=8"])
+    generator = build_models(cfg.model, (3, 32, 32), 10)["generator"].train()
+    z = torch.rand(256, 100, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        normed = generator.net[:2](z)  # dense, batch norm
+    assert normed.shape == (256, 64 * 4 * 4)
+    assert normed.mean(0).abs().max() < 1e-4
+    assert normed.std(0).min() > 0.9
