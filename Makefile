@@ -15,14 +15,14 @@ install:
 # images (1,000 carved out for validation; 1,000 labels) and 2,000 test; quarter-width nets without
 # dropout; the DCGAN generator on N(0, I) with the K+1 non-saturating loss (feature matching and
 # improved-gan's generator learn the classifier and the samples more slowly in 1,000 steps); the
-# unsupervised weight 0.3, ramped up over the first 400 steps; lr 1e-3, 5 epochs on 2 Ray workers of
+# unsupervised weight ramped up over the first 400 steps; lr 1e-3, 5 epochs on 2 Ray workers of
 # 50 images (1,000 steps), the best validation epoch published, a 2,000-image evaluation.
 DEMO_SET := --set data.synthetic.train_size=21000 --set data.synthetic.test_size=2000 --set data.val_size=1000 \
 	--set data.synthetic.difficulty=0.5 \
 	--set model.g_features=16 --set model.d_features=16 --set model.d_input_dropout=0 --set model.d_dropout=0 \
 	--set model.generator=dcgan --set model.latent=normal --set train.feature_matching=false \
 	--set train.batch_size=50 --set train.epochs=5 --set train.lr_decay_start=3 --set train.lr_d=1e-3 --set train.lr_g=1e-3 \
-	--set train.unlabeled_weight=0.3 --set train.unlabeled_rampup=400 --set train.eval_every=1 \
+	--set train.unlabeled_rampup=400 --set train.eval_every=1 \
 	--set evaluate.num_real=2000 --set evaluate.num_generated=2000 --set evaluate.domain_classifier_steps=500
 
 demo: install

@@ -55,34 +55,29 @@ RECIPES: dict[str, list[str]] = {
         "model.generator=dcgan",
         "model.latent=normal",
         "train.feature_matching=false",
-        "train.unlabeled_weight=0.3",
         "train.unlabeled_rampup=400",
     ],
     "supervised only": ["model.generator=dcgan", "model.latent=normal", "train.unlabeled_weight=0"],
-    "demo, feature matching": [
+    "demo, unsupervised weight 0.3": [
         "model.generator=dcgan",
         "model.latent=normal",
-        "train.unlabeled_weight=0.3",
-        "train.unlabeled_rampup=400",
-    ],
-    "demo, improved-gan G": [
         "train.feature_matching=false",
         "train.unlabeled_weight=0.3",
         "train.unlabeled_rampup=400",
     ],
-    "demo, improved-gan G, feature matching": ["train.unlabeled_weight=0.3", "train.unlabeled_rampup=400"],
-    "demo, unsupervised weight 1": [
+    "demo, unsupervised weight 0.3, feature matching": [
         "model.generator=dcgan",
         "model.latent=normal",
-        "train.feature_matching=false",
+        "train.unlabeled_weight=0.3",
         "train.unlabeled_rampup=400",
     ],
     "demo, no ramp-up": [
         "model.generator=dcgan",
         "model.latent=normal",
         "train.feature_matching=false",
-        "train.unlabeled_weight=0.3",
     ],
+    "demo, improved-gan G": ["train.feature_matching=false", "train.unlabeled_rampup=400"],
+    "improved-gan recipe (feature matching, its G, no ramp-up)": [],
 }
 EVAL_IMAGES = 2000  # test images and generated images behind each FD
 INSTRUMENT_STEPS = 500  # the demo's evaluate.domain_classifier_steps: FDs here are on the demo's scale
