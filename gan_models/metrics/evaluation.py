@@ -91,6 +91,20 @@ def classifier_metrics(
     return {"test_accuracy": float(correct.mean())}, per_class
 
 
+def check_evaluation(dataset: PreparedDataset, cfg: EvaluateConfig) -> None:
+    """Refuse an evaluation `dataset` cannot hold (a missing split, too few real images): training
+    checks this before it starts, so a bad `evaluate.*` fails in seconds, not after the training."""
+    if cfg.split not in dataset.splits:
+        raise GanOpsError(
+            f"evaluate.split={cfg.split!r}: {dataset.path} has splits {', '.join(dataset.splits)}"
+        )
+    available = len(dataset.labels(cfg.split))
+    if cfg.num_real > available:
+        raise GanOpsError(
+            f"evaluate.num_real={cfg.num_real} is more than the {available} images of split {cfg.split!r}"
+        )
+
+
 def evaluate(
     dataset: PreparedDataset,
     cfg: EvaluateConfig,
@@ -108,15 +122,7 @@ def evaluate(
 
     device = device or torch.device("cpu")
     step = progress or (lambda stage, done, total: None)
-    if cfg.split not in dataset.splits:
-        raise GanOpsError(
-            f"evaluate.split={cfg.split!r}: {dataset.path} has splits {', '.join(dataset.splits)}"
-        )
-    available = len(dataset.labels(cfg.split))
-    if cfg.num_real > available:
-        raise GanOpsError(
-            f"evaluate.num_real={cfg.num_real} is more than the {available} images of split {cfg.split!r}"
-        )
+    check_evaluation(dataset, cfg)
     metrics: dict[str, float] = {}
     per_class: dict[str, float] = {}
     info = {
