@@ -20,7 +20,7 @@ from gan_models.data.prepare import open_verified
 from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
 from gan_models.errors import DatasetError, GanOpsError
 from gan_models.io import write_text
-from gan_models.metrics.evaluation import Evaluation, evaluate
+from gan_models.metrics.evaluation import Evaluation, evaluate, wants_inception
 from pipelines.tracking import TrackingTarget, ensure_experiment, resolve_target
 
 REPORT_NAME = "evaluation.json"
@@ -127,8 +127,7 @@ def evaluate_run(
     mlflow.set_tracking_uri(target.uri)
     loaded = {kind: mlflow.pyfunc.load_model(m.model_uri) for kind, m in models.items()}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    wanted = cfg.evaluate.inception_fid
-    inception = wanted is True or (wanted == "auto" and device.type == "cuda")
+    inception = wants_inception(cfg.evaluate, dataset, device)
     evaluation = evaluate(
         dataset,
         cfg.evaluate,

@@ -39,9 +39,18 @@ class Decision:
     champion: dict[str, float] = field(default_factory=dict)
 
 
+def fd_metric(policy: PromotionConfig, metrics: dict[str, float]) -> str:
+    """The policy's FD, or Inception FID where a model has only that (unlabelled data: the domain FD's
+    classifier needs class labels, so evaluation measured Inception FID instead)."""
+    if policy.fd_metric not in metrics and "inception_fid" in metrics:
+        return "inception_fid"
+    return policy.fd_metric
+
+
 def decide(candidate: Version, champion: Version | None, policy: PromotionConfig) -> Decision:
     """Whether `candidate` should replace `champion` under `policy`, and why (pure; no registry access)."""
-    keys = (policy.primary_metric, policy.fd_metric)
+    fd = fd_metric(policy, candidate.metrics)
+    keys = (policy.primary_metric, fd)
     numbers = {k: v for k, v in candidate.metrics.items() if k in keys}
     if champion is None:
         return Decision(True, "no champion yet", numbers)
@@ -57,7 +66,6 @@ def decide(candidate: Version, champion: Version | None, policy: PromotionConfig
             numbers,
             held,
         )
-    fd = policy.fd_metric
     if fd not in numbers or fd not in held:
         return Decision(False, f"not comparable: {fd} is missing on one side", numbers, held)
     primary = policy.primary_metric

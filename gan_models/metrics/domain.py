@@ -172,14 +172,18 @@ class DomainClassifier:
         return out
 
 
+def has_class_labels(dataset: PreparedDataset) -> bool:
+    """Whether the domain metric can run on `dataset`: its evaluation classifier trains on class labels."""
+    return dataset.num_classes >= 2 and bool((np.asarray(dataset.labels("train")) >= 0).any())
+
+
 def _labelled_splits(dataset: PreparedDataset, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     """(train-split indices to train on, train-split indices to measure on, name of the measured split).
 
     All labelled train examples are trained on when a labelled test split exists (measured on instead).
     """
-    labels = np.asarray(dataset.labels("train"))
-    labelled = np.flatnonzero(labels >= 0)
-    if dataset.num_classes < 2 or len(labelled) == 0:
+    labelled = np.flatnonzero(np.asarray(dataset.labels("train")) >= 0)
+    if not has_class_labels(dataset):
         raise MetricError(
             f"dataset {dataset.name!r} has no class labels, and the domain metric's evaluation classifier "
             "is trained on them; use FID (Inception features) for unlabelled datasets"

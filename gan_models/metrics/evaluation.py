@@ -27,6 +27,7 @@ from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import GanOpsError
 from gan_models.io import Progress
 from gan_models.metrics.distribution import distribution_metrics
+from gan_models.metrics.domain import has_class_labels
 from gan_models.metrics.features import FeatureExtractor
 
 # Bump when a change alters the numbers, so old and new evaluations are never compared.
@@ -103,6 +104,18 @@ def check_evaluation(dataset: PreparedDataset, cfg: EvaluateConfig) -> None:
         raise GanOpsError(
             f"evaluate.num_real={cfg.num_real} is more than the {available} images of split {cfg.split!r}"
         )
+    if cfg.inception_fid is False and not has_class_labels(dataset):
+        raise GanOpsError(
+            f"dataset {dataset.name!r} has no class labels, so the domain metric cannot measure its "
+            "generator; leave evaluate.inception_fid at auto (Inception FID then runs) or set it to true"
+        )
+
+
+def wants_inception(cfg: EvaluateConfig, dataset: PreparedDataset, device: torch.device) -> bool:
+    """`evaluate.inception_fid`; auto: on a GPU, and wherever the domain metric cannot run (no labels)."""
+    if cfg.inception_fid != "auto":
+        return bool(cfg.inception_fid)
+    return device.type == "cuda" or not has_class_labels(dataset)
 
 
 def evaluate(
@@ -154,20 +167,20 @@ def evaluate(
         step("generate", min(start + cfg.batch_size, len(seeds)), len(seeds))
     fake = np.concatenate(chunks)
 
-    # Domain metric: features of the fixed evaluation classifier.
-    extractors: list[tuple[str, FeatureExtractor]] = [
-        (
-            "domain",
-            load_or_train(
-                dataset,
-                spec=ClassifierSpec(steps=cfg.domain_classifier_steps),
-                cache_root=cache_root,
-                device=device,
-                progress=progress,
-            ),
+    # Domain metric: features of the fixed evaluation classifier, which needs class labels to train.
+    extractors: list[tuple[str, FeatureExtractor]] = []
+    if has_class_labels(dataset):
+        domain = load_or_train(
+            dataset,
+            spec=ClassifierSpec(steps=cfg.domain_classifier_steps),
+            cache_root=cache_root,
+            device=device,
+            progress=progress,
         )
-    ]
-    info["domain_extractor_test_accuracy"] = f"{extractors[0][1].test_accuracy:.4f}"  # type: ignore[attr-defined]
+        extractors.append(("domain", domain))
+        info["domain_extractor_test_accuracy"] = f"{domain.test_accuracy:.4f}"
+    else:
+        info["domain_metric"] = "not measured: the dataset has no class labels"
     if inception:
         from gan_models.metrics.inception import InceptionFeatures
 
