@@ -181,6 +181,11 @@ def evaluate(
         info["domain_extractor_test_accuracy"] = f"{domain.test_accuracy:.4f}"
     else:
         info["domain_metric"] = "not measured: the dataset has no class labels"
+        if not inception:
+            raise GanOpsError(
+                f"dataset {dataset.name!r} has no class labels and Inception FID is off: nothing can "
+                "measure its generator"
+            )
     if inception:
         from gan_models.metrics.inception import InceptionFeatures
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from gan_models.data.prepared import PreparedDataset, sha256_file, write_prepared
 from gan_models.data.sources import RawDataset
@@ -173,6 +174,27 @@ def test_bad_requests_raise_clear_errors(
     unlabelled = blobs(tmp_path / "faces", n_train=50, n_test=10, labelled=False)
     with pytest.raises(MetricError, match="no class labels.*use FID"):
         load_or_train(unlabelled, spec=SMALL, cache_root=tmp_path)
+
+
+def test_unlabelled_data_is_measured_by_inception_fid_or_refused_before_training(tmp_path: Path) -> None:
+    # The domain metric's classifier trains on labels; for unlabelled data `auto` turns to Inception FID
+    # (even on a CPU), and switching that off is refused by the check training runs first.
+    from gan_models.config import EvaluateConfig
+    from gan_models.errors import GanOpsError
+    from gan_models.metrics.evaluation import check_evaluation, evaluate, wants_inception
+
+    cpu = torch.device("cpu")
+    faces = blobs(tmp_path / "faces", n_train=50, n_test=20, labelled=False)
+    digits = blobs(tmp_path / "digits", n_train=50, n_test=20)
+    auto = EvaluateConfig(num_real=20, num_generated=20)
+    assert wants_inception(auto, faces, cpu) and not wants_inception(auto, digits, cpu)
+    check_evaluation(faces, auto)
+    off = EvaluateConfig(num_real=20, num_generated=20, inception_fid=False)
+    with pytest.raises(GanOpsError, match="no class labels, so the domain metric cannot measure"):
+        check_evaluation(faces, off)
+    check_evaluation(digits, off)
+    with pytest.raises(GanOpsError, match="nothing can measure its generator"):
+        evaluate(faces, auto, generate=lambda s: np.zeros((len(s), 28, 28, 1), np.uint8), classify=None)
 
 
 def test_a_dataset_without_a_test_split_is_measured_on_held_out_train_images(tmp_path: Path) -> None:

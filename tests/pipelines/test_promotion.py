@@ -60,6 +60,18 @@ def test_policy_without_classifier_ranks_by_fd_and_first_candidate_wins() -> Non
     assert not decide(version("2", None, 12.0), version("1", None, 10.0), POLICY).promote
 
 
+def test_unlabelled_generators_are_ranked_by_inception_fid() -> None:
+    # CelebA and flat image folders have no labels, so evaluation measures Inception FID instead of the
+    # domain FD; the policy ranks those generators by it rather than calling them not comparable.
+    def faces(v: str, fid: float) -> Version:
+        return Version("celeba-generator", v, f"run{v}", "sig", {"inception_fid": fid}, {})
+
+    assert decide(faces("2", 30.0), faces("1", 35.0), POLICY).promote
+    lost = decide(faces("2", 40.0), faces("1", 35.0), POLICY)
+    assert not lost.promote and "inception_fid 40 does not beat the champion's 35" in lost.reason
+    assert [v.version for v in rank([faces("a", 50.0), faces("b", 31.0)], POLICY)] == ["b", "a"]
+
+
 # Against a real registry.
 
 
