@@ -14,6 +14,10 @@ of their own size and height) cut off at the left and right edges. What varies, 
   glare spots, uneven lighting, colour casts, blur, low resolution (rendered small and upsampled),
   sensor noise, and JPEG compression at a random quality.
 
+`difficulty` (`data.synthetic.difficulty`, 0 to 1, default 1) scales every nuisance above: amplitudes,
+probabilities and the tail of faint digits shrink toward clean renders of the same digits in the same
+faces and layout (the demo renders 0.5). It is recorded in the manifest, so it is part of the data version.
+
 No labels are flipped, but a small share of renders is hard or impossible to read by design (very low
 contrast, heavy occlusion or blur), as in real SVHN; `benchmarks/svhn_calibration.py` measures what a
 classifier makes of it (benchmarks/RESULTS.md, "synthetic-svhn/2: calibration").
