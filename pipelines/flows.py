@@ -53,9 +53,11 @@ TRANSIENT = {
 
 @task(name="version-data", **TRANSIENT)
 def version_data_task(cfg: Config, project: Path) -> dict[str, str]:
+    from gan_models.metrics.evaluation import check_evaluation
     from pipelines.versioning import ensure_data
 
     dataset, version = ensure_data(cfg, project)
+    check_evaluation(dataset, cfg.evaluate)  # the flow evaluates what it trains: fail now, not after
     return {
         "dataset": dataset.name,
         "data_version": version,

@@ -28,7 +28,6 @@ from gan_models.data.prepare import open_verified
 from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
 from gan_models.errors import GanOpsError
 from gan_models.io import write_text
-from gan_models.metrics.evaluation import check_evaluation
 from gan_models.training.checkpoint import read_resume_info
 from gan_models.training.loop import (
     CHECKPOINT_NAME,
@@ -91,7 +90,6 @@ class Preflight:
 def preflight(cfg: Config, project: Path) -> tuple[PreparedDataset, Preflight]:
     """Verify the data and reach the tracking store; each failure is one clear `GanOpsError`."""
     dataset = open_verified(cfg.data)  # corrupted or missing data fails here
-    check_evaluation(dataset, cfg.evaluate)  # the flow evaluates what this trains: fail now, not after
     target = resolve_target(cfg.tracking, project) if cfg.tracking.enabled else None
     if target is not None:
         ensure_experiment(target)  # so does an unreachable tracking server

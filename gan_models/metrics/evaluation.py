@@ -92,6 +92,10 @@ def classifier_metrics(
     return {"test_accuracy": float(correct.mean())}, per_class
 
 
+INCEPTION_DIMS = 2048  # FID's pool3 features
+DOMAIN_DIMS = 128  # the evaluation classifier's features (ClassifierSpec.feature_dim)
+
+
 def check_evaluation(dataset: PreparedDataset, cfg: EvaluateConfig) -> None:
     """Refuse an evaluation `dataset` cannot hold (a missing split, too few real images): training
     checks this before it starts, so a bad `evaluate.*` fails in seconds, not after the training."""
@@ -104,10 +108,20 @@ def check_evaluation(dataset: PreparedDataset, cfg: EvaluateConfig) -> None:
         raise GanOpsError(
             f"evaluate.num_real={cfg.num_real} is more than the {available} images of split {cfg.split!r}"
         )
-    if cfg.inception_fid is False and not has_class_labels(dataset):
+    labelled = has_class_labels(dataset)
+    if cfg.inception_fid is False and not labelled:
         raise GanOpsError(
             f"dataset {dataset.name!r} has no class labels, so the domain metric cannot measure its "
             "generator; leave evaluate.inception_fid at auto (Inception FID then runs) or set it to true"
+        )
+    # A Fréchet distance needs more images than feature dimensions on each side (a full covariance).
+    dims = INCEPTION_DIMS if cfg.inception_fid is True or not labelled else DOMAIN_DIMS
+    fewest = min(cfg.num_real, cfg.num_generated)
+    if fewest <= dims:
+        raise GanOpsError(
+            f"evaluate.num_real={cfg.num_real} and evaluate.num_generated={cfg.num_generated}: the "
+            f"{'Inception' if dims == INCEPTION_DIMS else 'domain'} Fréchet distance has {dims} feature "
+            f"dimensions and needs more images than that on each side (at least {dims + 1})"
         )
 
 

@@ -178,23 +178,27 @@ def test_bad_requests_raise_clear_errors(
 
 def test_unlabelled_data_is_measured_by_inception_fid_or_refused_before_training(tmp_path: Path) -> None:
     # The domain metric's classifier trains on labels; for unlabelled data `auto` turns to Inception FID
-    # (even on a CPU), and switching that off is refused by the check training runs first.
+    # (even on a CPU), and what cannot be measured is refused by the check the flow runs before training:
+    # Inception FID off, or too few images for a 2048-d (Inception) or 128-d (domain) covariance.
     from gan_models.config import EvaluateConfig
     from gan_models.errors import GanOpsError
     from gan_models.metrics.evaluation import check_evaluation, evaluate, wants_inception
 
     cpu = torch.device("cpu")
-    faces = blobs(tmp_path / "faces", n_train=50, n_test=20, labelled=False)
-    digits = blobs(tmp_path / "digits", n_train=50, n_test=20)
-    auto = EvaluateConfig(num_real=20, num_generated=20)
-    assert wants_inception(auto, faces, cpu) and not wants_inception(auto, digits, cpu)
-    check_evaluation(faces, auto)
-    off = EvaluateConfig(num_real=20, num_generated=20, inception_fid=False)
+    faces = blobs(tmp_path / "faces", n_train=50, n_test=2100, labelled=False)
+    digits = blobs(tmp_path / "digits", n_train=50, n_test=300)
+    enough = EvaluateConfig(num_real=2049, num_generated=2049)
+    assert wants_inception(enough, faces, cpu) and not wants_inception(enough, digits, cpu)
+    check_evaluation(faces, enough)
+    with pytest.raises(GanOpsError, match=r"Inception Fréchet distance has 2048 feature dimensions.*at least 2049"):
+        check_evaluation(faces, EvaluateConfig(num_real=2048, num_generated=2049))
     with pytest.raises(GanOpsError, match="no class labels, so the domain metric cannot measure"):
-        check_evaluation(faces, off)
-    check_evaluation(digits, off)
+        check_evaluation(faces, EvaluateConfig(num_real=2049, num_generated=2049, inception_fid=False))
+    check_evaluation(digits, EvaluateConfig(num_real=129, num_generated=129))
+    with pytest.raises(GanOpsError, match=r"domain Fréchet distance has 128 feature dimensions.*at least 129"):
+        check_evaluation(digits, EvaluateConfig(num_real=300, num_generated=128))
     with pytest.raises(GanOpsError, match="nothing can measure its generator"):
-        evaluate(faces, auto, generate=lambda s: np.zeros((len(s), 28, 28, 1), np.uint8), classify=None)
+        evaluate(faces, enough, generate=lambda s: np.zeros((len(s), 28, 28, 1), np.uint8), classify=None)
 
 
 def test_a_dataset_without_a_test_split_is_measured_on_held_out_train_images(tmp_path: Path) -> None:

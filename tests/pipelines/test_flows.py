@@ -150,6 +150,20 @@ def test_failure_inside_training_fails_the_flow_and_leaves_nothing_running(
         ray.shutdown()
 
 
+def test_an_evaluation_the_data_cannot_hold_fails_the_flow_before_training(
+    services: dict[str, str], project: Path
+) -> None:
+    # More real images than the 250 of the test split: this used to fail only after the training.
+    bad = overrides(services, "too-many-real", "evaluate.num_real=251")
+    with temporary_settings({PREFECT_API_URL: services["prefect"]}):
+        state = retrain(overrides=bad, project=str(project), return_state=True)
+    assert state.is_failed() and "evaluate.num_real=251 is more than the 250 images" in state.message
+    client = mlflow.MlflowClient(services["mlflow"])
+    experiment = client.get_experiment_by_name("too-many-real")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])  # nothing trained
+    assert not (project / "runs").exists()
+
+
 def test_schedule_creates_a_deployment_with_cron_and_parameters(
     services: dict[str, str], project: Path
 ) -> None:

@@ -68,20 +68,6 @@ def test_corrupted_data_fails_before_training(dvc_repo: Path) -> None:
     assert not (dvc_repo / "runs").exists()
 
 
-def test_an_evaluation_the_data_cannot_hold_fails_before_training(dvc_repo: Path) -> None:
-    # The flow evaluates what it trains: asking for more real images than the test split holds used to
-    # fail only after the whole training.
-    run([*GANOPS, "data", "prepare", "--no-version", *TINY], cwd=dvc_repo)
-    proc = run(
-        [*GANOPS, "train", "--no-ray", *TINY, *MODEL, "--set", "evaluate.num_real=21"],
-        cwd=dvc_repo,
-        check=False,
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "evaluate.num_real=21 is more than the 20 images of split 'test'" in proc.stderr
-    assert not (dvc_repo / "runs").exists()
-
-
 def test_missing_data_fails_clearly(dvc_repo: Path) -> None:
     proc = run([*GANOPS, "train", "--no-ray", *MODEL], cwd=dvc_repo, check=False)
     assert proc.returncode == 2 and "manifest.json: missing" in proc.stderr
