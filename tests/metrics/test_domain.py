@@ -190,12 +190,16 @@ def test_unlabelled_data_is_measured_by_inception_fid_or_refused_before_training
     enough = EvaluateConfig(num_real=2049, num_generated=2049)
     assert wants_inception(enough, faces, cpu) and not wants_inception(enough, digits, cpu)
     check_evaluation(faces, enough)
-    with pytest.raises(GanOpsError, match=r"Inception Fréchet distance has 2048 feature dimensions.*at least 2049"):
+    with pytest.raises(
+        GanOpsError, match=r"Inception Fréchet distance has 2048 feature dimensions.*at least 2049"
+    ):
         check_evaluation(faces, EvaluateConfig(num_real=2048, num_generated=2049))
     with pytest.raises(GanOpsError, match="no class labels, so the domain metric cannot measure"):
         check_evaluation(faces, EvaluateConfig(num_real=2049, num_generated=2049, inception_fid=False))
     check_evaluation(digits, EvaluateConfig(num_real=129, num_generated=129))
-    with pytest.raises(GanOpsError, match=r"domain Fréchet distance has 128 feature dimensions.*at least 129"):
+    with pytest.raises(
+        GanOpsError, match=r"domain Fréchet distance has 128 feature dimensions.*at least 129"
+    ):
         check_evaluation(digits, EvaluateConfig(num_real=300, num_generated=128))
     with pytest.raises(GanOpsError, match="nothing can measure its generator"):
         evaluate(faces, enough, generate=lambda s: np.zeros((len(s), 28, 28, 1), np.uint8), classify=None)

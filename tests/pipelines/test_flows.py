@@ -164,6 +164,29 @@ def test_an_evaluation_the_data_cannot_hold_fails_the_flow_before_training(
     assert not (project / "runs").exists()
 
 
+@pytest.mark.slow  # Inception features of 2 x 2,049 images on a CPU: about 10 minutes on 2 cores
+def test_unlabelled_celeba_flow_ends_with_a_champion_ranked_by_inception_fid(
+    services: dict[str, str], project: Path, shared_datasets: Path
+) -> None:
+    faces = [
+        "data.dataset=celeba",
+        f"data.source={shared_datasets}",
+        "data.image_size=32",
+        "data.holdout_test_size=2100",
+        "model.name=dcgan",
+        "evaluate.inception_fid=auto",
+        "evaluate.num_real=2049",
+        "evaluate.num_generated=2049",
+    ]
+    with temporary_settings({PREFECT_API_URL: services["prefect"]}):
+        result = retrain(overrides=overrides(services, "faces", *faces), project=str(project))
+    assert result["promotion"]["promote"] and result["promotion"]["name"] == "celeba-dcgan-generator"
+    assert "inception_fid" in result["metrics"] and "domain_fd" not in result["metrics"]
+    champion = Registry(services["mlflow"]).by_alias("celeba-dcgan-generator", CHAMPION)
+    assert champion is not None and champion.run_id == result["run_id"]
+    assert champion.metrics["inception_fid"] == pytest.approx(result["metrics"]["inception_fid"])
+
+
 def test_schedule_creates_a_deployment_with_cron_and_parameters(
     services: dict[str, str], project: Path
 ) -> None:
