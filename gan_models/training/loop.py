@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import os
+import platform
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -113,6 +115,17 @@ def cpu_flags() -> frozenset[str]:
         return frozenset()
     line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
     return frozenset(line.partition(":")[2].split())
+
+
+def cpu_name() -> str:
+    """This machine's CPU model (`/proc/cpuinfo`), with its usable core count: the machine figures refer to."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    line = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
+    name = line.partition(":")[2].strip() or platform.processor() or "unknown CPU"
+    return f"{name}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
 
 
 def resolve_precision(requested: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
