@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 from ssl_quality import _commit
-from svhn_calibration import cpu_model
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "demo_recipe.jsonl"
@@ -93,7 +92,7 @@ def run(recipe: str, seed: int, epochs: int, decay: int | None, data_root: Path)
     from gan_models.metrics.frechet import FeatureStats, stats_distance
     from gan_models.nets import build_models, sample_latent
     from gan_models.training.batches import to_uint8
-    from gan_models.training.loop import TrainHooks, train
+    from gan_models.training.loop import TrainHooks, cpu_model, train
     from gan_models.training.samples import fixed_latent, generate, save_grid
 
     overrides = [*DEMO_DATA, *DEMO_NETS, *RECIPES[recipe], f"seed={seed}", f"train.epochs={epochs}"]

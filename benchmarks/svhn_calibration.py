@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import signal
 import subprocess
 import time
@@ -35,17 +34,6 @@ from torch import nn
 RESULTS = Path(__file__).parent / "results" / "svhn_calibration.jsonl"
 TRAIN_SIZE, TEST_SIZE = 20_000, 5_000
 TRAIN_SEED, TEST_SEED = 0, 1  # prepare's streams for data.synthetic.seed=0: 2*seed, 2*seed + 1
-
-
-def cpu_model() -> str:
-    """The CPU's name from /proc/cpuinfo (or what the platform says elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def commit() -> str:
@@ -105,6 +93,7 @@ def main() -> None:
     from gan_models.data.synthetic_svhn import GENERATOR_VERSION, render_split
     from gan_models.nets.layers import data_dependent_init, trainable
     from gan_models.nets.ssgan import INIT_IMAGES, SSGANConvDiscriminator
+    from gan_models.training.loop import cpu_model
 
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -327,7 +328,7 @@ def retrain_cmd(
 
 def _retrain_report(summary: dict, cfg: Config, sample_out: Path | None, seconds: float) -> str:
     """What a user wants at the end of a retrain: the numbers, the decision, and where to look."""
-    from gan_models.training.loop import cpu_name
+    from gan_models.training.loop import cpu_model
     from pipelines.registry import CHAMPION, Registry
     from pipelines.tracking import resolve_target
 
@@ -350,7 +351,7 @@ def _retrain_report(summary: dict, cfg: Config, sample_out: Path | None, seconds
         lines.append(f"champion samples: {sample_out}")
     if uri.startswith("sqlite:///"):
         lines.append(f"browse: uv run mlflow ui --backend-store-uri {uri}")
-    lines.append(f"retrain took {seconds / 60:.1f} min on {cpu_name()}")
+    lines.append(f"retrain took {seconds / 60:.1f} min on {cpu_model()} ({os.cpu_count()} cores)")
     return "\n".join(lines)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import os
 import platform
 import shutil
 import time
@@ -107,25 +106,24 @@ def resolve_device(name: str) -> torch.device:
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
+def _cpuinfo(*keys: str) -> str:
+    """The value of the first `/proc/cpuinfo` line starting with one of `keys` ("" where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    line = next((ln for ln in text.splitlines() if ln.startswith(keys)), "")
+    return line.partition(":")[2].strip()
+
+
 def cpu_flags() -> frozenset[str]:
     """The feature flags of this machine's CPU (`/proc/cpuinfo`; empty where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
-    return frozenset(line.partition(":")[2].split())
+    return frozenset(_cpuinfo("flags", "Features").split())
 
 
-def cpu_name() -> str:
-    """This machine's CPU model (`/proc/cpuinfo`), with its usable core count: the machine figures refer to."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    line = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
-    name = line.partition(":")[2].strip() or platform.processor() or "unknown CPU"
-    return f"{name}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
+def cpu_model() -> str:
+    """This machine's CPU model, the name figures measured on it go with."""
+    return _cpuinfo("model name") or platform.processor() or "unknown CPU"
 
 
 def resolve_precision(requested: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
