@@ -182,12 +182,12 @@ def _labelled_splits(dataset: PreparedDataset, seed: int) -> tuple[np.ndarray, n
 
     All labelled train examples are trained on when a labelled test split exists (measured on instead).
     """
-    labelled = np.flatnonzero(np.asarray(dataset.labels("train")) >= 0)
     if not has_class_labels(dataset):
         raise MetricError(
             f"dataset {dataset.name!r} has no class labels, and the domain metric's evaluation classifier "
             "is trained on them; use FID (Inception features) for unlabelled datasets"
         )
+    labelled = np.flatnonzero(np.asarray(dataset.labels("train")) >= 0)
     test = "test" in dataset.splits and (np.asarray(dataset.labels("test")) >= 0).any()
     if test:
         return labelled, np.empty(0, dtype=np.int64), "test"

@@ -27,7 +27,7 @@ from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import GanOpsError
 from gan_models.io import Progress
 from gan_models.metrics.distribution import distribution_metrics
-from gan_models.metrics.domain import has_class_labels
+from gan_models.metrics.domain import ClassifierSpec, has_class_labels
 from gan_models.metrics.features import FeatureExtractor
 
 # Bump when a change alters the numbers, so old and new evaluations are never compared.
@@ -93,12 +93,12 @@ def classifier_metrics(
 
 
 INCEPTION_DIMS = 2048  # FID's pool3 features
-DOMAIN_DIMS = 128  # the evaluation classifier's features (ClassifierSpec.feature_dim)
 
 
 def check_evaluation(dataset: PreparedDataset, cfg: EvaluateConfig) -> None:
-    """Refuse an evaluation `dataset` cannot hold (a missing split, too few real images): training
-    checks this before it starts, so a bad `evaluate.*` fails in seconds, not after the training."""
+    """Refuse an evaluation `dataset` cannot hold (a missing split, too few images, no metric for an
+    unlabelled generator): the retrain flow checks this before training, so a bad `evaluate.*` fails in
+    seconds, not after the training."""
     if cfg.split not in dataset.splits:
         raise GanOpsError(
             f"evaluate.split={cfg.split!r}: {dataset.path} has splits {', '.join(dataset.splits)}"
@@ -115,7 +115,7 @@ def check_evaluation(dataset: PreparedDataset, cfg: EvaluateConfig) -> None:
             "generator; leave evaluate.inception_fid at auto (Inception FID then runs) or set it to true"
         )
     # A Fréchet distance needs more images than feature dimensions on each side (a full covariance).
-    dims = INCEPTION_DIMS if cfg.inception_fid is True or not labelled else DOMAIN_DIMS
+    dims = INCEPTION_DIMS if cfg.inception_fid is True or not labelled else ClassifierSpec().feature_dim
     fewest = min(cfg.num_real, cfg.num_generated)
     if fewest <= dims:
         raise GanOpsError(
@@ -144,7 +144,7 @@ def evaluate(
     progress: Progress | None = None,
 ) -> Evaluation:
     """Measure the classifier on `cfg.split` and the generator's images against real ones."""
-    from gan_models.metrics.domain import ClassifierSpec, load_or_train
+    from gan_models.metrics.domain import load_or_train
     from gan_models.metrics.feature_cache import dataset_version, real_features
 
     device = device or torch.device("cpu")
