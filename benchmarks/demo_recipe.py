@@ -16,13 +16,12 @@ of 64 fixed-seed samples (`results/demo_recipe_<recipe>.png`). Rows go to result
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
 
 import torch
-from ssl_quality import _commit
+from ssl_quality import _commit, append_row, prepared
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "demo_recipe.jsonl"
@@ -83,9 +82,6 @@ INSTRUMENT_STEPS = 500  # the demo's evaluate.domain_classifier_steps: FDs here 
 
 
 def run(recipe: str, seed: int, epochs: int, decay: int | None, data_root: Path) -> dict:
-    from gan_models.config import load_config
-    from gan_models.data.prepare import content_params, prepare_dataset, prepared_path
-    from gan_models.data.prepared import PreparedDataset
     from gan_models.metrics.accuracy import classifier_accuracy
     from gan_models.metrics.domain import ClassifierSpec, load_or_train
     from gan_models.metrics.feature_cache import real_features
@@ -97,12 +93,7 @@ def run(recipe: str, seed: int, epochs: int, decay: int | None, data_root: Path)
 
     overrides = [*DEMO_DATA, *DEMO_NETS, *RECIPES[recipe], f"seed={seed}", f"train.epochs={epochs}"]
     overrides += [f"train.lr_decay_start={decay}"] if decay is not None else []
-    cfg = load_config(None, overrides)
-    # One prepared copy per data content, shared by every recipe.
-    digest = hashlib.sha1(json.dumps(content_params(cfg.data), sort_keys=True).encode()).hexdigest()[:10]
-    cfg = load_config(None, [*overrides, f"data.root={data_root / digest}"])
-    path = prepared_path(cfg.data)
-    ds = PreparedDataset.open(path) if (path / "manifest.json").exists() else prepare_dataset(cfg.data)
+    cfg, ds = prepared(overrides, data_root)  # one copy of the demo's data, shared by every recipe
 
     # The measuring instrument and the references, before training.
     extractor = load_or_train(ds, spec=ClassifierSpec(steps=INSTRUMENT_STEPS))
@@ -133,7 +124,10 @@ def run(recipe: str, seed: int, epochs: int, decay: int | None, data_root: Path)
 
     started = time.perf_counter()
     result = train(
-        cfg, ds, out_dir=Path("/tmp/ganops-bench/demo_recipe") / digest, hooks=TrainHooks(on_epoch=on_epoch)
+        cfg,
+        ds,
+        out_dir=Path("/tmp/ganops-bench/demo_recipe") / Path(cfg.data.root).name,
+        hooks=TrainHooks(on_epoch=on_epoch),
     )
     wall = time.perf_counter() - started
     generator = result.averaged("generator")
@@ -188,11 +182,7 @@ def main() -> None:
         summary()
         return
     torch.set_num_threads(args.threads)
-    row = run(args.recipe, args.seed, args.epochs, args.decay, args.data_root)
-    print(json.dumps(row))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_row(RESULTS, run(args.recipe, args.seed, args.epochs, args.decay, args.data_root))
 
 
 if __name__ == "__main__":

@@ -89,12 +89,32 @@ def ablation_overrides(dataset: str, variant: str) -> list[str]:
     return out
 
 
-def run(
-    dataset: str, mode: str, seed: int, epochs: int, decay: int | None, data_root: Path, extra: list[str]
-) -> dict:
+def prepared(overrides: list[str], data_root: Path) -> tuple:
+    """(config, dataset) for `overrides`, the data prepared once per content (sizes, difficulty,
+    labels...) under `data_root`, so runs with other data never share a copy."""
     from gan_models.config import load_config
     from gan_models.data.prepare import content_params, prepare_dataset, prepared_path
     from gan_models.data.prepared import PreparedDataset
+
+    content = content_params(load_config(None, overrides).data)
+    digest = hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
+    cfg = load_config(None, [*overrides, f"data.root={data_root / digest}"])
+    path = prepared_path(cfg.data)
+    ds = PreparedDataset.open(path) if (path / "manifest.json").exists() else prepare_dataset(cfg.data)
+    return cfg, ds
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Print `row` and append it to the JSON-lines file `path`."""
+    print(json.dumps(row), flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def run(
+    dataset: str, mode: str, seed: int, epochs: int, decay: int | None, data_root: Path, extra: list[str]
+) -> dict:
     from gan_models.metrics.accuracy import classifier_accuracy
     from gan_models.training.loop import TrainHooks, train
 
@@ -108,12 +128,7 @@ def run(
     ]
     overrides += [f"train.lr_decay_start={decay}"] if decay is not None else []
     overrides += ["train.unlabeled_weight=0"] if mode == "supervised" else []
-    cfg = load_config(None, overrides + extra)
-    # One prepared copy per content (sizes, difficulty, labels...): runs with other data never share one.
-    digest = hashlib.sha1(json.dumps(content_params(cfg.data), sort_keys=True).encode()).hexdigest()[:10]
-    cfg = load_config(None, [*overrides, *extra, f"data.root={data_root / digest}"])
-    path = prepared_path(cfg.data)
-    ds = PreparedDataset.open(path) if (path / "manifest.json").exists() else prepare_dataset(cfg.data)
+    cfg, ds = prepared(overrides + extra, data_root)
 
     test_images, test_labels = ds.images("test"), ds.labels("test")
     curve: list[dict] = []
@@ -269,15 +284,11 @@ def main() -> None:
                 extra = ablation_overrides(args.dataset, variant) + args.extra
                 row = run(args.dataset, args.mode, seed, args.epochs, args.decay, args.data_root, extra)
                 row["variant"] = variant
-                print(json.dumps(row), flush=True)
-                with open(ABLATION_RESULTS, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_row(ABLATION_RESULTS, row)
         return
-    row = run(args.dataset, args.mode, args.seed, args.epochs, args.decay, args.data_root, args.extra)
-    print(json.dumps(row))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_row(
+        RESULTS, run(args.dataset, args.mode, args.seed, args.epochs, args.decay, args.data_root, args.extra)
+    )
 
 
 if __name__ == "__main__":
