@@ -10,6 +10,9 @@ a lock, and the champion is re-read under it, so two at once never let a worse m
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,17 +137,61 @@ class Promotion:
     event: dict[str, Any]
 
 
-def _move_champion(registry: Registry, name: str, version: Version, old: Version | None) -> None:
+# A promotion or rollback moves up to four aliases (two models), then appends to the history: separate
+# registry writes. The whole change is first written as one tag on the model (the journal), and every
+# promotion, rollback or retry of the model completes a journal it finds before deciding anything, so a
+# crash between the writes never leaves `previous == champion` or a generator and classifier from
+# different runs for longer than the next attempt.
+PENDING_TAG = "promotion.pending"
+Aliases = dict[str, dict[str, str | None]]  # model name -> alias -> version (None: remove the alias)
+
+
+def _promotion_aliases(registry: Registry, name: str, version: Version, old: Version | None) -> Aliases:
     """`champion` -> version, `previous` -> the old champion; the same run's classifier follows."""
-    registry.set_alias(name, PREVIOUS, old.version if old else None)
-    registry.set_alias(name, CHAMPION, version.version)
+    moves: Aliases = {name: {PREVIOUS: old.version if old else None, CHAMPION: version.version}}
     for sibling in sibling_names(name):
         mine = registry.versions_of_run(sibling, version.run_id) if _exists(registry, sibling) else []
         if not mine:
             continue
         theirs = registry.by_alias(sibling, CHAMPION)
-        registry.set_alias(sibling, PREVIOUS, theirs.version if theirs else None)
-        registry.set_alias(sibling, CHAMPION, mine[-1].version)
+        moves[sibling] = {CHAMPION: mine[-1].version}
+        if theirs is None or theirs.version != mine[-1].version:
+            moves[sibling][PREVIOUS] = theirs.version if theirs else None
+    return moves
+
+
+def _rollback_aliases(registry: Registry, name: str, previous: Version) -> Aliases:
+    moves: Aliases = {name: {CHAMPION: previous.version, PREVIOUS: None}}
+    for sibling in sibling_names(name):
+        if _exists(registry, sibling) and (older := registry.by_alias(sibling, PREVIOUS)) is not None:
+            moves[sibling] = {CHAMPION: older.version, PREVIOUS: None}
+    return moves
+
+
+def _commit(registry: Registry, name: str, moves: Aliases, event: dict[str, Any]) -> dict[str, Any]:
+    """Journal the change on `name`, then apply it; returns the recorded event."""
+    journal = {"aliases": moves, "event": {"id": uuid.uuid4().hex, **event}}
+    registry.client.set_registered_model_tag(name, PENDING_TAG, json.dumps(journal, sort_keys=True))
+    return _apply(registry, name, journal)
+
+
+def _apply(registry: Registry, name: str, journal: dict[str, Any]) -> dict[str, Any]:
+    """Every write of `journal`, each idempotent (an alias set to its target, the history entry once)."""
+    for model, aliases in journal["aliases"].items():
+        for alias, version in aliases.items():
+            registry.set_alias(model, alias, version)
+    event = journal["event"]
+    recorded = next((e for e in registry.history(name) if e.get("id") == event["id"]), None)
+    if recorded is None:
+        recorded = registry.record(name, event["version"], event)
+    registry.client.delete_registered_model_tag(name, PENDING_TAG)
+    return recorded
+
+
+def _complete_pending(registry: Registry, name: str) -> dict[str, Any] | None:
+    """Finish a promotion or rollback of `name` that stopped half-way; its event, if there was one."""
+    pending = registry.client.get_registered_model(name).tags.get(PENDING_TAG)
+    return _apply(registry, name, json.loads(pending)) if pending else None
 
 
 def _exists(registry: Registry, name: str) -> bool:
@@ -157,6 +204,7 @@ def _exists(registry: Registry, name: str) -> bool:
 
 def _event(action: str, version: Version, decision: Decision, old: Version | None) -> dict[str, Any]:
     return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "action": action,
         "version": version.version,
         "run_id": version.run_id,
@@ -177,6 +225,7 @@ def register_run(run_id: str, cfg: Config, project: Path | None = None) -> dict[
     metrics, info = evaluated
     trained = run_config(target, run)
     registry = Registry(target.uri)
+    lock_dir = cfg.promotion.lock_dir
     tags = {
         "run_id": run_id,
         "data_version": run.data.tags.get("data_version", "unknown"),
@@ -187,7 +236,7 @@ def register_run(run_id: str, cfg: Config, project: Path | None = None) -> dict[
     tags |= {f"{METRIC_PREFIX}{k}": repr(float(v)) for k, v in metrics.items() if "_class_" not in k}
     return {
         kind: registry.register(
-            model_name(trained.data.dataset, trained.model.name, kind), m.model_uri, run_id, tags
+            model_name(trained.data.dataset, trained.model.name, kind), m.model_uri, run_id, tags, lock_dir
         )
         for kind, m in run_models(target, run_id).items()
     }
@@ -209,6 +258,12 @@ def _promote(cfg: Config, name: str, version: str, *, by_hand: bool) -> Promotio
     registry = Registry(resolve_target(cfg.tracking).uri)
     with promotion_lock(registry.uri, name, cfg.promotion.lock_dir):
         candidate = registry.get_version(name, version)  # fails naming the model or the version
+        finished = _complete_pending(registry, name)
+        resumed = finished is not None and finished["action"] == "promoted"
+        if resumed and finished["version"] == candidate.version and not by_hand:
+            # A retry of the promotion that stopped half-way: it is done now, and recorded once.
+            done = Decision(True, finished["reason"], finished["candidate"], finished["champion"])
+            return Promotion(name, candidate.version, done, finished["champion_version"], finished)
         champion = registry.by_alias(name, CHAMPION)  # re-read under the lock: the latest truth
         decision = decide(candidate, champion, cfg.promotion)
         if by_hand:
@@ -219,10 +274,12 @@ def _promote(cfg: Config, name: str, version: str, *, by_hand: bool) -> Promotio
                 decision.candidate,
                 decision.champion,
             )
-        if decision.promote:
-            _move_champion(registry, name, candidate, champion)
         action = ("promoted" if decision.promote else "rejected") + (" by hand" if by_hand else "")
-        event = registry.record(name, candidate.version, _event(action, candidate, decision, champion))
+        event = _event(action, candidate, decision, champion)
+        if decision.promote:
+            event = _commit(registry, name, _promotion_aliases(registry, name, candidate, champion), event)
+        else:
+            event = registry.record(name, candidate.version, event)
     return Promotion(name, candidate.version, decision, champion.version if champion else None, event)
 
 
@@ -230,18 +287,15 @@ def rollback(name: str, cfg: Config) -> Promotion:
     """Restore `previous` as the champion; the rolled-back version loses its alias."""
     registry = Registry(resolve_target(cfg.tracking).uri)
     with promotion_lock(registry.uri, name, cfg.promotion.lock_dir):
+        registry.require_model(name)
+        _complete_pending(registry, name)
         previous = registry.by_alias(name, PREVIOUS)
         champion = registry.by_alias(name, CHAMPION)
         if previous is None:
             raise RegistryError(f"{name} has no {PREVIOUS!r} version to roll back to")
-        registry.set_alias(name, CHAMPION, previous.version)
-        registry.set_alias(name, PREVIOUS, None)
-        for sibling in sibling_names(name):
-            if _exists(registry, sibling) and (older := registry.by_alias(sibling, PREVIOUS)) is not None:
-                registry.set_alias(sibling, CHAMPION, older.version)
-                registry.set_alias(sibling, PREVIOUS, None)
         decision = Decision(True, f"rolled back from version {champion.version if champion else 'none'}")
-        event = registry.record(name, previous.version, _event("rolled back", previous, decision, champion))
+        event = _event("rolled back", previous, decision, champion)
+        event = _commit(registry, name, _rollback_aliases(registry, name, previous), event)
     return Promotion(name, previous.version, decision, champion.version if champion else None, event)
 
 

@@ -126,20 +126,27 @@ class Registry:
         return [json.loads(tags[k]) for k in sorted(tags) if k.startswith(HISTORY_PREFIX)]
 
     # Writing.
-    def register(self, name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> Version:
-        """Register `model_uri` as a version of `name` (reused if this run's model is already registered)."""
+    def register(
+        self, name: str, model_uri: str, run_id: str, tags: dict[str, str], lock_dir: Path | None
+    ) -> Version:
+        """Register `model_uri` as a version of `name` (reused if this run's model is already registered).
+
+        Looked up and created under the model's lock, so two registrations of one run at once (a
+        retried task beside the original) make one version.
+        """
         import mlflow
 
-        existing = [v for v in self.versions_of_run(name, run_id) if v.tags.get("model_uri") == model_uri]
-        if existing:
-            return existing[-1]
-        with contextlib.suppress(Exception):  # already exists: fine
-            self.client.create_registered_model(name)
-        # `models:/<id>` resolves through the tracking store, so both URIs must point at this store.
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
-        mv = mlflow.register_model(model_uri, name, tags={**tags, "model_uri": model_uri})
-        return Version.of(self.client.get_model_version(name, mv.version))
+        with promotion_lock(self.uri, name, lock_dir):
+            existing = [v for v in self.versions_of_run(name, run_id) if v.tags.get("model_uri") == model_uri]
+            if existing:
+                return existing[-1]
+            with contextlib.suppress(Exception):  # already exists: fine
+                self.client.create_registered_model(name)
+            # `models:/<id>` resolves through the tracking store, so both URIs must point at this store.
+            mlflow.set_tracking_uri(self.uri)
+            mlflow.set_registry_uri(self.uri)
+            mv = mlflow.register_model(model_uri, name, tags={**tags, "model_uri": model_uri})
+            return Version.of(self.client.get_model_version(name, mv.version))
 
     def set_alias(self, name: str, alias: str, version: str | None) -> None:
         """Point `alias` at `version`, or remove it (None)."""

@@ -6,13 +6,15 @@ signature), so each case costs milliseconds; tests/pipelines/test_evaluate.py co
 
 from __future__ import annotations
 
-import multiprocessing
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from gan_models.config import Config, PromotionConfig, load_config
+from pipelines import promotion
 from pipelines.promotion import _promote, decide, promote_version, rank, rollback
 from pipelines.registry import CHAMPION, PREVIOUS, Registry, RegistryError, Version
 
@@ -150,33 +152,155 @@ def test_classifier_follows_its_generator(cfg: Config) -> None:
     assert aliases(cfg, "d-m-classifier") == {CHAMPION: "1"}
 
 
-def _promote_in_process(cfg_dict: dict, name: str, version_: str, barrier: multiprocessing.Barrier) -> None:
-    cfg = Config.model_validate(cfg_dict)
-    barrier.wait()  # both processes ask at the same moment
-    _promote(cfg, name, version_, by_hand=False)
+def _run_in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            target()
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    return thread, errors
 
 
-def test_two_concurrent_promotions_never_let_the_worse_model_win(cfg: Config) -> None:
+def test_two_concurrent_promotions_never_let_the_worse_model_win(
+    cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
     name = "race-generator"
     base = add_version(cfg, name, 0.50, 10.0)
     _promote(cfg, name, base, by_hand=False)
     good = add_version(cfg, name, 0.70, 10.0)
     better = add_version(cfg, name, 0.90, 10.0)
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(2)
-    procs = [
-        context.Process(target=_promote_in_process, args=(cfg.to_dict(), name, v, barrier))
-        for v in (better, good)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
-    # Whichever ran first, the better model is champion: the second saw the first's result under the lock.
+    # Force the interleaving: `good` has read the champion (base) and decided, then `better` runs
+    # whole before `good` writes. Under the lock `better` cannot start until `good` is done, so
+    # `good` stops waiting after a few seconds and `better` then decides against it.
+    good_decided, better_done = threading.Event(), threading.Event()
+    original = promotion.decide
+
+    def decide_then_wait(candidate: Version, champion: Version | None, policy: PromotionConfig):  # noqa: ANN202
+        decision = original(candidate, champion, policy)
+        if candidate.version == good:
+            good_decided.set()
+            better_done.wait(5)
+        return decision
+
+    monkeypatch.setattr(promotion, "decide", decide_then_wait)
+    first, first_errors = _run_in_thread(lambda: _promote(cfg, name, good, by_hand=False))
+    assert good_decided.wait(60)
+    second, second_errors = _run_in_thread(lambda: _promote(cfg, name, better, by_hand=False))
+    second.join(60)
+    better_done.set()
+    first.join(60)
+    second.join(60)
+    assert not first_errors and not second_errors
+    # The second saw the first's result under the lock, so the better model is champion.
     assert aliases(cfg, name)[CHAMPION] == better
-    actions = sorted(e["action"] for e in Registry(cfg.tracking.uri).history(name)[1:])
-    assert actions in (["promoted", "promoted"], ["promoted", "rejected"])
+    actions = [(e["action"], e["version"]) for e in Registry(cfg.tracking.uri).history(name)[1:]]
+    assert actions == [("promoted", good), ("promoted", better)]
+
+
+def _two_runs_of_generator_and_classifier(cfg: Config, base: str) -> None:
+    """Versions 1 and 2 of `base`-generator and `base`-classifier, each version from one run."""
+    client = mlflow.MlflowClient(cfg.tracking.uri, registry_uri=cfg.tracking.uri)
+    experiment = client.create_experiment(base)
+    runs = [client.create_run(experiment).info.run_id for _ in range(2)]
+    for name in (f"{base}-generator", f"{base}-classifier"):
+        client.create_registered_model(name)
+        for run_id, accuracy in zip(runs, (0.5, 0.6), strict=True):
+            tags = {"metric.test_accuracy": str(accuracy), "metric.domain_fd": "1", "eval.signature": "s"}
+            client.create_model_version(name, "file:///nowhere", run_id=run_id, tags=tags)
+
+
+@pytest.mark.parametrize("writes_before_crash", [2, 3])  # the classifier not yet moved
+def test_a_promotion_that_crashed_between_alias_writes_is_completed_by_its_retry(
+    cfg: Config, monkeypatch: pytest.MonkeyPatch, writes_before_crash: int
+) -> None:
+    base = f"crash{writes_before_crash}"
+    generator, classifier = f"{base}-generator", f"{base}-classifier"
+    _two_runs_of_generator_and_classifier(cfg, base)
+    _promote(cfg, generator, "1", by_hand=False)
+    original, writes = Registry.set_alias, []
+
+    def crash_after_some(self: Registry, name: str, alias: str, version: str | None) -> None:
+        if len(writes) == writes_before_crash:
+            raise RuntimeError("the process died here")
+        writes.append((name, alias))
+        original(self, name, alias, version)
+
+    monkeypatch.setattr(Registry, "set_alias", crash_after_some)
+    with pytest.raises(RuntimeError, match="died"):
+        _promote(cfg, generator, "2", by_hand=False)
+    monkeypatch.setattr(Registry, "set_alias", original)
+
+    retried = _promote(cfg, generator, "2", by_hand=False)  # e.g. Prefect's retry of the promote task
+    assert retried.decision.promote and retried.previous == "1"
+    # Both models moved together, and previous is the old champion, whatever write the crash hit.
+    assert aliases(cfg, generator) == {CHAMPION: "2", PREVIOUS: "1"}
+    assert aliases(cfg, classifier) == {CHAMPION: "2", PREVIOUS: "1"}
+    history = Registry(cfg.tracking.uri).history(generator)
+    assert [(e["action"], e["version"]) for e in history] == [("promoted", "1"), ("promoted", "2")]
+
+
+def test_a_crashed_rollback_is_completed_by_the_next_promotion(
+    cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generator, classifier = "crashrb-generator", "crashrb-classifier"
+    _two_runs_of_generator_and_classifier(cfg, "crashrb")
+    _promote(cfg, generator, "1", by_hand=False)
+    _promote(cfg, generator, "2", by_hand=False)
+    original = Registry.set_alias
+
+    def crash_on_the_classifier(self: Registry, name: str, alias: str, version: str | None) -> None:
+        if name == classifier:
+            raise RuntimeError("the process died here")
+        original(self, name, alias, version)
+
+    monkeypatch.setattr(Registry, "set_alias", crash_on_the_classifier)
+    with pytest.raises(RuntimeError, match="died"):
+        rollback(generator, cfg)
+    monkeypatch.setattr(Registry, "set_alias", original)
+
+    rejected = _promote(cfg, generator, "1", by_hand=False)  # any later decision repairs first
+    assert not rejected.decision.promote and "already the champion" in rejected.decision.reason
+    assert aliases(cfg, generator) == aliases(cfg, classifier) == {CHAMPION: "1"}
+
+
+def test_registering_one_run_twice_at_once_makes_one_version(
+    cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    experiment = client.create_experiment("register-twice")
+    run_id = client.create_run(experiment).info.run_id
+    model = client.create_logged_model(experiment, name="generator", source_run_id=run_id)
+    registry = Registry(cfg.tracking.uri)
+    # Force the interleaving: the first registration has looked for the run's version and found none;
+    # the second runs whole before the first creates one (under the lock it waits for the first).
+    first_looked, second_done = threading.Event(), threading.Event()
+    original = Registry.versions_of_run
+
+    def look_then_wait(self: Registry, name: str, run: str) -> list[Version]:
+        found = original(self, name, run)
+        if threading.current_thread() is first:
+            first_looked.set()
+            second_done.wait(5)
+        return found
+
+    def register() -> Version:
+        return registry.register("twice-generator", model.model_uri, run_id, {}, cfg.promotion.lock_dir)
+
+    monkeypatch.setattr(Registry, "versions_of_run", look_then_wait)
+    first, first_errors = _run_in_thread(register)
+    assert first_looked.wait(60)
+    second, second_errors = _run_in_thread(register)
+    second.join(60)
+    second_done.set()
+    first.join(60)
+    second.join(60)
+    assert not first_errors and not second_errors
+    assert len(original(registry, "twice-generator", run_id)) == 1
 
 
 def test_unknown_model_version_or_alias_is_a_clear_error(cfg: Config) -> None:
