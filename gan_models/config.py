@@ -228,6 +228,23 @@ class FlowConfig(_Section):
     )
 
 
+class SweepConfig(_Section):
+    """`ganops sweep` on Ray Tune: how many trials at once and ASHA's early stopping (`pipelines/tune.py`)."""
+
+    samples: int = Field(1, gt=0, description="draws of the random axes (uniform, loguniform) per grid point")
+    max_concurrent: int | None = Field(
+        None, gt=0, description="trials at once; null: as many as the cluster's CPUs (and GPUs) hold"
+    )
+    scheduler: Literal["asha", "none"] = Field(
+        "asha", description="asha: stop trials whose validation score trails at each rung; none: run all"
+    )
+    metric: Literal["auto", "val_accuracy", "val_domain_fd"] = Field(
+        "auto", description="what ASHA compares; auto: val_accuracy if the family classifies, else val_domain_fd"
+    )
+    grace_period: int = Field(1, gt=0, description="epochs every trial trains before ASHA may stop it")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps 1 / reduction_factor of trials per rung")
+
+
 class Config(_Section):
     """The whole resolved configuration of one run."""
 
@@ -240,6 +257,7 @@ class Config(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     promotion: PromotionConfig = PromotionConfig()
     flow: FlowConfig = FlowConfig()
+    sweep: SweepConfig = SweepConfig()
 
     @field_validator("model", mode="before")
     @classmethod

@@ -359,25 +359,38 @@ def _retrain_report(summary: dict, cfg: Config, sample_out: Path | None, seconds
 def sweep_cmd(
     param: Annotated[
         list[str],
-        typer.Option("--param", "-p", help="a grid axis, e.g. -p train.lr_g=1e-4,3e-4 (repeatable)"),
+        typer.Option(
+            "--param",
+            "-p",
+            help="an axis (repeatable): a grid -p train.lr_g=1e-4,3e-4, or a range -p train.lr_d=loguniform(1e-4,1e-3)",
+        ),
     ],
+    samples: Annotated[int | None, typer.Option(help="draws of the random axes (sweep.samples)")] = None,
+    max_concurrent: Annotated[
+        int | None,
+        typer.Option(help="trials at once (sweep.max_concurrent); default: what the cluster holds"),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster to run on (ray.address); default: a local instance")
+    ] = None,
     config: ConfigOpt = DEFAULT_PARAMS,
     overrides: SetOpt = None,
 ) -> None:
-    """Train and evaluate a grid of configs (each a Ray Train run); promote the best by the policy."""
+    """Train a search space as Ray Tune trials on one Ray instance (ASHA stops the trailing ones),
+    evaluate the finished ones and offer the best to the promotion policy. Run again to resume."""
     _prefect_defaults()
-    import yaml
-
     from pipelines.flows import sweep
 
-    grid = {}
-    for axis in param:
-        key, sep, values = axis.partition("=")
-        if not sep or not values:
-            raise GanOpsError(f"--param {axis!r}: expected KEY=V1,V2,...")
-        grid[key.strip()] = [yaml.safe_load(v) for v in values.split(",")]
-    result = sweep(grid, str(config), list(overrides or []))
-    typer.echo(f"best run {result['best']['run_id']}: {result['promotion']['reason']}")
+    extra = [f"sweep.samples={samples}"] if samples is not None else []
+    extra += [f"sweep.max_concurrent={max_concurrent}"] if max_concurrent is not None else []
+    extra += [f"ray.address={address}"] if address is not None else []
+    _config(config, [*(overrides or []), *extra], dry_run=False)  # a bad config fails now
+    result = sweep(list(param), str(config), [*(overrides or []), *extra])
+    stopped = sum(t["status"] == "stopped" for t in result["trials"])
+    typer.echo(
+        f"sweep {result['name']}: {len(result['trials'])} trials ({stopped} stopped by ASHA); best run "
+        f"{result['best']['run_id']} ({' '.join(result['best']['overrides'])}): {result['promotion']['reason']}"
+    )
 
 
 @app.command("schedule")

@@ -1,4 +1,4 @@
-"""Prefect flows: `retrain` (data -> train -> evaluate -> promote) and `sweep` (several configs, best offered).
+"""Prefect flows: `retrain` (data -> train -> evaluate -> promote) and `sweep` (Ray Tune trials, best offered).
 
 Each task is a few lines around a plain function of `pipelines/` (data: `versioning.ensure_data`;
 training: `train.train_job`, `ganops train` in a child process; ranking: `promotion.rank`), so
@@ -8,7 +8,6 @@ retry with exponential backoff.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -183,55 +182,56 @@ def retrain(
     return summary
 
 
-def sweep_configs(grid: dict[str, list[Any]]) -> list[list[str]]:
-    """The override lists of a grid search: `{"train.lr_g": [1e-4, 3e-4]}` -> [["train.lr_g=0.0001"], ...]."""
-    combos: list[list[str]] = [[]]
-    for key, values in grid.items():
-        if not values:
-            raise GanOpsError(f"sweep grid key {key!r} has no values")
-        combos = [c + [f"{key}={json.dumps(v)}"] for c in combos for v in values]
-    return combos
+@task(name="tune")
+def tune_task(config_path: Path, overrides: list[str], params: list[str], project: Path) -> Any:
+    from pipelines.tune import parse_axis, run_sweep
+
+    return run_sweep(config_path, overrides, [parse_axis(p) for p in params], project)
 
 
 @flow(name="sweep", log_prints=True, persist_result=True)
 def sweep(
-    grid: dict[str, list[Any]],
+    params: list[str],
     config_path: str = str(DEFAULT_PARAMS),
     overrides: list[str] | None = None,
     project: str | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate every config of `grid` (each a Ray Train run), then offer the best for promotion."""
+    """Train the configs of `params` (`-p` axes) as Ray Tune trials, ASHA stopping the trailing ones;
+    evaluate the finished ones and offer the best to the promotion policy."""
+    from dataclasses import asdict
+
     from pipelines.promotion import rank
     from pipelines.registry import Version
+    from pipelines.tune import finish_sweep, parse_axis, summary_table
 
     root = Path(project or Path.cwd()).resolve()
+    path = root / config_path if not Path(config_path).is_absolute() else Path(config_path)
     base = list(overrides or [])
-    configs = [
-        load_config(root / config_path, base + extra) for extra in sweep_configs(grid)
-    ]  # all validated first
-    data = version_data_task(configs[0], root)
-    reach_mlflow_task(configs[0], root)
-    results = []
-    for cfg, extra in zip(configs, sweep_configs(grid), strict=True):
-        trained = train_or_reuse(cfg, root, data, False, None)
-        evaluation = evaluate_task(cfg, root, trained["run_id"])
-        results.append({"overrides": extra, "run_id": trained["run_id"], **evaluation})
+    for param in params:
+        parse_axis(param)  # a bad axis fails before any work
+    cfg = load_config(path, base)
+    data = version_data_task(cfg, root)
+    reach_mlflow_task(cfg, root)
+    result = tune_task(path, base, params, root)
+    finished = [t for t in result.finished() if t.run_id is not None]
+    if not finished:
+        states = ", ".join(f"{' '.join(t.overrides)}: {t.status}" for t in result.trials)
+        raise GanOpsError(f"sweep {result.name}: no trial finished ({states})")
+    evaluations = {t.run_id: evaluate_task(cfg, root, t.run_id) for t in finished}
     # The policy that guards the champion also picks the sweep's candidate.
     candidates = [
-        Version("sweep", r["run_id"], r["run_id"], r["signature"], r["metrics"], {}) for r in results
+        Version("sweep", run_id, run_id, e["signature"], e["metrics"], {})
+        for run_id, e in evaluations.items()
     ]
-    best_id = rank(candidates, configs[0].promotion)[0].run_id
-    best = next(r for r in results if r["run_id"] == best_id)
-    promotion = promote_task(configs[0], root, best["run_id"])
-    table = "\n".join(
-        f"| {' '.join(r['overrides'])} | `{r['run_id']}` | "
-        + ", ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items()) if "_class_" not in k)
-        + " |"
-        for r in results
-    )
+    best_id = rank(candidates, cfg.promotion)[0].run_id
+    promotion = promote_task(cfg, root, best_id)
+    table = summary_table(result, {run_id: e["metrics"] for run_id, e in evaluations.items()})
+    finish_sweep(resolve_target(cfg.tracking, root), result, table, best_id)
     create_markdown_artifact(
-        f"# sweep\n\n| config | run | metrics |\n|---|---|---|\n{table}\n\nbest: `{best['run_id']}`; "
+        f"# sweep {result.name} ({data['data_version']})\n\n{table}\n\nbest: `{best_id}`; "
         f"{promotion['name']} v{promotion['version']}: {promotion['reason']}\n",
         key="sweep-summary",
     )
-    return {"runs": results, "best": best, "promotion": promotion}
+    trials = [asdict(t) | {"metrics": evaluations.get(t.run_id, {}).get("metrics")} for t in result.trials]
+    best = next(t for t in trials if t["run_id"] == best_id)
+    return {"name": result.name, "trials": trials, "best": best, "promotion": promotion}

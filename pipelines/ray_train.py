@@ -10,9 +10,12 @@ resumes from the latest one (`ray.train.get_checkpoint`). Rank 0 alone writes ML
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -89,28 +92,83 @@ def finished_epochs(storage_path: str, run_name: str, epochs: int | None = None)
     stopped early counts as `epochs` done (it is finished)."""
     from ray.train import Result
 
+    quiet = logging.getLogger("ray.train")  # its "a run snapshot was found" notice is for Trainer users
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         result = Result.from_path(f"{storage_path.rstrip('/')}/{run_name}")
     except RuntimeError:  # no such run, or no checkpoint committed yet
         return 0
+    finally:
+        quiet.setLevel(level)
     metrics = result.metrics or {}
     if epochs is not None and metrics.get(STOPPED_EARLY):
         return epochs
     return int(metrics.get("epoch", 0))
 
 
+@contextlib.contextmanager
+def ray_session(cfg: Config) -> Iterator[dict[str, float]]:
+    """Ray for one launch: join `ray.address` (or $RAY_ADDRESS) or start a local instance of our own,
+    yield the cluster's resources, shut down what was started here."""
+    import ray
+
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    started = not ray.is_initialized()
+    if started:
+        try:
+            # "local": a new instance of our own. Without an address ray.init joins whatever cluster
+            # this machine started last (another user's, a test's) instead of the one documented.
+            context = ray.init(
+                address=address or "local", include_dashboard=cfg.ray.dashboard, log_to_driver=True
+            )
+        except ConnectionError as e:
+            raise ClusterError(f"cannot connect to the Ray cluster at {address}: {e}") from None
+        if address is None and context.dashboard_url:
+            print(f"Ray dashboard: http://{context.dashboard_url} (logs: {ray_log_dir()})", flush=True)
+    try:
+        yield ray.cluster_resources()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def torch_trainer(
+    cfg: Config, name: str, checks: Preflight, use_gpu: bool, callbacks: list[Any] | None = None
+) -> Any:
+    """The TorchTrainer of run `name`: `train_worker` on `ray.num_workers` workers, checkpoints in
+    `ray.storage_path/name` (a trainer of the same name resumes from them)."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    per_worker = {"CPU": cfg.ray.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "cfg": cfg.to_dict(),
+            "run_name": name,
+            "use_gpu": use_gpu,
+            "tracking": asdict(checks.target) if checks.target else None,
+            "tags": checks.tags,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.ray.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=cfg.ray.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
+            logging_config=LoggingConfig(log_level=cfg.ray.log_level),
+            callbacks=callbacks,
+        ),
+    )
+
+
 def launch(cfg: Config, run_name: str | None = None, project: Path | None = None) -> str:
     """Validate, start (or join) Ray, train with Ray Train, return a one-line summary."""
     import ray
-    from ray.train import (
-        CheckpointConfig,
-        FailureConfig,
-        LoggingConfig,
-        RunConfig,
-        ScalingConfig,
-        TrainingFailedError,
-    )
-    from ray.train.torch import TorchTrainer
+    from ray.train import TrainingFailedError
 
     # Validate before Ray starts: data, tracking store, resources of a local instance.
     project = (project or Path.cwd()).resolve()
@@ -127,55 +185,15 @@ def launch(cfg: Config, run_name: str | None = None, project: Path | None = None
         local = local_resources()
         check_resources(cfg, wants_gpu(cfg, local["GPU"]), local, "this machine")
 
-    # Start or join Ray; check the cluster's resources.
-    started = not ray.is_initialized()
-    if started:
-        try:
-            # "local": a new instance of our own. Without an address ray.init joins whatever cluster
-            # this machine started last (another user's, a test's) instead of the one documented.
-            context = ray.init(
-                address=address or "local", include_dashboard=cfg.ray.dashboard, log_to_driver=True
-            )
-        except ConnectionError as e:
-            raise ClusterError(f"cannot connect to the Ray cluster at {address}: {e}") from None
-        if address is None and context.dashboard_url:
-            print(f"Ray dashboard: http://{context.dashboard_url} (logs: {ray_log_dir()})", flush=True)
-    try:
-        available = ray.cluster_resources()
+    with ray_session(cfg) as available:
         use_gpu = wants_gpu(cfg, available.get("GPU", 0))
         check_resources(cfg, use_gpu, available, f"the Ray cluster ({address or 'local'})")
-
-        # Train.
-        per_worker = {"CPU": cfg.ray.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
-        trainer = TorchTrainer(
-            train_worker,
-            train_loop_config={
-                "cfg": cfg.to_dict(),
-                "run_name": name,
-                "use_gpu": use_gpu,
-                "tracking": asdict(checks.target) if checks.target else None,
-                "tags": checks.tags,
-            },
-            scaling_config=ScalingConfig(
-                num_workers=cfg.ray.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
-            ),
-            run_config=RunConfig(
-                name=name,
-                storage_path=cfg.ray.storage_path,
-                failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
-                logging_config=LoggingConfig(log_level=cfg.ray.log_level),
-            ),
-        )
         try:
-            result = trainer.fit()
+            result = torch_trainer(cfg, name, checks, use_gpu).fit()
         except TrainingFailedError as e:
             if checks.target is not None:
                 mark_failed(checks.target, name, e)
             raise ClusterError(f"Ray Train run {name} failed: {e}") from e
-    finally:
-        if started:
-            ray.shutdown()
     metrics = result.metrics or {}
     return (
         f"{name}: {metrics.get('epoch')} epochs, {metrics.get('step')} steps on {cfg.ray.num_workers} "

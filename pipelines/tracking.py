@@ -321,3 +321,47 @@ def mark_failed(target: TrackingTarget, run_name: str, error: BaseException) -> 
         if run_id and client.get_run(run_id).info.status == "RUNNING":
             client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:4000])
             client.set_terminated(run_id, "FAILED")
+
+
+def mark_stopped(target: TrackingTarget, run_name: str, reason: str) -> None:
+    """End the run of `run_name` KILLED (stopped on purpose, not failed) with `reason`, if still RUNNING."""
+    import mlflow
+
+    with contextlib.suppress(Exception), _fail_fast():
+        run_id = find_run(target, run_name)
+        client = mlflow.MlflowClient(target.uri)
+        if run_id and client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "stop_reason", reason)
+            client.set_tag(run_id, "ganops.stopped_by", "scheduler")
+            client.set_terminated(run_id, "KILLED")
+
+
+def start_sweep_run(
+    target: TrackingTarget | None, name: str, tags: dict[str, str], axes: list[str]
+) -> str | None:
+    """The sweep's parent run (continued if this sweep ran before): its trials are its child runs."""
+    if target is None:
+        return None
+    import mlflow
+
+    client = mlflow.MlflowClient(target.uri)
+    run_id = find_run(target, name)
+    if run_id is None:
+        experiment_id = ensure_experiment(target)
+        run = client.create_run(experiment_id, run_name=name, tags={RUN_NAME_TAG: name, **tags})
+        run_id = run.info.run_id
+        client.log_param(run_id, "search_space", " ".join(axes))
+    else:
+        client.update_run(run_id, status="RUNNING")
+    return run_id
+
+
+def end_sweep_run(target: TrackingTarget, run_id: str, table: str, best: str | None) -> None:
+    """The trials' table as `sweep.md`, the best trial's run id as a tag, status FINISHED."""
+    import mlflow
+
+    client = mlflow.MlflowClient(target.uri)
+    client.log_text(run_id, f"# {client.get_run(run_id).info.run_name}\n\n{table}\n", "sweep.md")
+    if best is not None:
+        client.set_tag(run_id, "best_run_id", best)
+    client.set_terminated(run_id, "FINISHED")

@@ -287,17 +287,24 @@ def test_dvc_repro_runs_the_same_pipeline_without_prefect(services: dict[str, st
 
 
 @pytest.mark.slow
-def test_sweep_trains_every_config_and_offers_the_best(services: dict[str, str], project: Path) -> None:
+def test_sweep_runs_its_trials_on_ray_tune_across_two_nodes_and_offers_the_best(
+    services: dict[str, str], project: Path
+) -> None:
     from pipelines.flows import sweep
 
+    # Each trial's 2 workers take both nodes; without validation ASHA has nothing to compare: run all.
+    tiny = overrides(services, "sweep", "sweep.scheduler=none")
     with temporary_settings({PREFECT_API_URL: services["prefect"]}):
-        result = sweep(
-            {"train.lr_g": [1e-4, 3e-4]}, overrides=overrides(services, "sweep"), project=str(project)
-        )
-    assert [r["overrides"] for r in result["runs"]] == [["train.lr_g=0.0001"], ["train.lr_g=0.0003"]]
-    assert len({r["run_id"] for r in result["runs"]}) == 2
-    best = max(result["runs"], key=lambda r: (r["metrics"]["test_accuracy"], -r["metrics"]["domain_fd"]))
+        result = sweep(["train.lr_g=1e-4,3e-4"], overrides=tiny, project=str(project))
+    trials = result["trials"]
+    assert sorted(t["overrides"] for t in trials) == [["train.lr_g=0.0001"], ["train.lr_g=0.0003"]]
+    assert {t["status"] for t in trials} == {"finished"} and len({t["run_id"] for t in trials}) == 2
+    best = max(trials, key=lambda t: (t["metrics"]["test_accuracy"], -t["metrics"]["domain_fd"]))
     assert result["best"]["run_id"] == best["run_id"] and result["promotion"]["run_id"] == best["run_id"]
+    client = mlflow.MlflowClient(services["mlflow"])
+    parents = {client.get_run(t["run_id"]).data.tags["mlflow.parentRunId"] for t in trials}
+    (parent,) = parents  # one sweep run, the trials its children
+    assert client.get_run(parent).data.tags["best_run_id"] == best["run_id"]
 
 
 @pytest.mark.slow
