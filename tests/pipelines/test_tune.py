@@ -116,7 +116,7 @@ def test_asha_stops_the_trailing_trial_and_a_rerun_resumes_without_retraining(tm
     # The same sweep again resumes Tune's experiment: nothing that ended trains again.
     logged = {t.run_id: len(client.get_metric_history(t.run_id, "d_loss")) for t in result.trials}
     again = run_sweep(None, overrides, axes, tmp_path)
-    assert [(t.run_id, t.status, t.epochs) for t in again.trials] == [
+    assert sorted((t.run_id, t.status, t.epochs) for t in again.trials) == sorted(
         (t.run_id, t.status, t.epochs) for t in result.trials
-    ]
+    )
     assert {t.run_id: len(client.get_metric_history(t.run_id, "d_loss")) for t in again.trials} == logged
