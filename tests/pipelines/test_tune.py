@@ -91,7 +91,8 @@ def test_a_bad_config_at_the_edge_of_the_space_fails_before_ray_starts(tmp_path:
     assert not ray.is_initialized()
 
 
-@pytest.mark.slow  # about 3.5 min on 2 cores: 3 Ray Train launches, then the resume
+@pytest.mark.slow  # about 4.5 min on 2 cores: 3 Ray Train launches, then the resume
+@pytest.mark.timeout(1200)  # a loaded 2-core machine takes twice as long
 def test_asha_stops_the_trailing_trial_and_a_rerun_resumes_without_retraining(tmp_path: Path) -> None:
     prepared(tmp_path / "data")
     overrides = sweep_overrides(tmp_path, "train.epochs=3", "sweep.grace_period=1")
