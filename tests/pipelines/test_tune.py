@@ -96,13 +96,15 @@ def test_a_bad_config_at_the_edge_of_the_space_fails_before_ray_starts(tmp_path:
 def test_asha_stops_the_trailing_trial_and_a_rerun_resumes_without_retraining(tmp_path: Path) -> None:
     prepared(tmp_path / "data")
     overrides = sweep_overrides(tmp_path, "train.epochs=3", "sweep.grace_period=1")
-    # A learning rate of 1e-9 learns nothing: at epoch 1 it trails the two that learn, and ASHA stops it.
+    # A learning rate of 1e-9 learns nothing: started third, it trails the two that learn at epoch 1.
     axes = [parse_axis("train.lr_d=3e-3,2e-3,1e-9")]
     result = run_sweep(None, overrides, axes, tmp_path)
     trials = {t.overrides[0]: t for t in result.trials}
-    bad, good = trials["train.lr_d=1e-09"], trials["train.lr_d=0.003"]
+    bad = trials["train.lr_d=1e-09"]
     assert bad.status == "stopped" and bad.epochs < 3, result.trials
-    assert good.status == "finished" and good.epochs == 3
+    # Which of the two that learn leads a rung depends on which reports first; one finishes.
+    finished = [t for t in result.trials if t.status == "finished"]
+    assert finished and all(t.epochs == 3 for t in finished), result.trials
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     for trial in result.trials:  # one child run per trial
@@ -111,8 +113,12 @@ def test_asha_stops_the_trailing_trial_and_a_rerun_resumes_without_retraining(tm
     assert stopped.info.status == "KILLED" and stopped.data.tags["ganops.stopped_by"] == "scheduler"
     assert "ASHA" in stopped.data.tags["stop_reason"]
     assert any((tmp_path / "runs" / "ray" / bad.run_name).glob("checkpoint_*/checkpoint_best.pt"))
-    finished = client.get_run(good.run_id)
-    assert finished.info.status == "FINISHED" and finished.data.tags["model_selection"] == "best"
+    for trial in finished:
+        run = client.get_run(trial.run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["model_selection"] == "best"
+    for trial in result.trials:
+        if trial.status == "stopped":
+            assert client.get_run(trial.run_id).info.status == "KILLED"
 
     # The same sweep again resumes Tune's experiment: nothing that ended trains again.
     logged = {t.run_id: len(client.get_metric_history(t.run_id, "d_loss")) for t in result.trials}
