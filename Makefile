@@ -3,7 +3,7 @@
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 SHARED ?= $(abspath ../shared/datasets)
 
-.PHONY: install demo test test-slow bench lint
+.PHONY: install demo test test-slow test-gpu gpu-check bench lint
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -34,6 +34,13 @@ test: install
 test-slow: install
 	$(UV) sync --frozen --extra postgres   # the PostgreSQL path of infra/ (runs where PostgreSQL is installed)
 	GANOPS_SHARED_DATASETS=$(SHARED) $(UV) run --extra postgres pytest -m slow
+
+# On a machine with CUDA: the `gpu` tests (skipped elsewhere), and the GPU benchmark's one table.
+test-gpu: install
+	GANOPS_SHARED_DATASETS=$(SHARED) $(UV) run pytest -m gpu -rs
+
+gpu-check: install
+	$(UV) run python benchmarks/gpu_check.py
 
 bench: install
 	GANOPS_SOURCE_ROOT=$(SHARED) $(UV) run python benchmarks/prepare_data.py

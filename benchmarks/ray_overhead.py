@@ -5,7 +5,8 @@ Ray takes to start, and each launch takes beyond its epochs.
 Images/s is the loop's own per-epoch figure (training steps of the epoch, all ranks' images counted),
 the median of the epochs after the first. Every process gets the same threads (`--threads`: the
 in-process run sets them, a Ray worker gets one per CPU it reserves), so 1 worker vs in-process isolates
-Ray's overhead; 2 workers need twice the CPUs. MLflow is off on every side. Target: Ray Train with
+Ray's overhead; 2 workers need twice the CPUs. MLflow is off on every side unless `--mlflow` (then every
+run is tracked in a SQLite store, models logged, as `ganops train` does). Target: Ray Train with
 1 worker at least 0.9x the in-process throughput.
 
     uv run python benchmarks/ray_overhead.py [--epochs 5] [--images 6400] [--threads 1] [--device cpu]
@@ -26,7 +27,7 @@ import torch
 from gan_models.config import Config, load_config
 from gan_models.data.prepared import PreparedDataset, write_prepared
 from gan_models.data.sources import RawDataset
-from gan_models.training.loop import train
+from gan_models.training.loop import cpu_model, train
 
 RESULTS = Path(__file__).parent / "results" / "ray_overhead.jsonl"
 
@@ -74,6 +75,9 @@ def main() -> None:
     parser.add_argument("--model", default="dcgan")
     parser.add_argument("--threads", type=int, default=1, help="threads per process (CPUs per Ray worker)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--mlflow", action="store_true", help="track every run in MLflow (SQLite), as `ganops train` does"
+    )
     args = parser.parse_args()
     import ray
 
@@ -82,7 +86,8 @@ def main() -> None:
         cfg = load_config(None, [
             f"model.name={args.model}", f"train.batch_size={args.batch}", f"train.epochs={args.epochs}",
             f"train.device={args.device}", "train.samples_every=1000", f"data.root={tmp}/data",
-            "data.dataset=synthetic-svhn", f"train.output_dir={tmp}/runs", "tracking.enabled=false",
+            "data.dataset=synthetic-svhn", f"train.output_dir={tmp}/runs", f"tracking.enabled={str(args.mlflow).lower()}",
+            f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"tracking.artifact_root={tmp}/mlruns",
             f"ray.cpus_per_worker={args.threads}", "ray.max_failures=0",
         ])  # fmt: skip
         local, local_s = in_process(cfg, ds, Path(tmp) / "in-process", args.threads)
@@ -108,7 +113,7 @@ def main() -> None:
 
     row = {
         "model": args.model, "batch": args.batch, "images": args.images, "epochs": args.epochs,
-        "threads": args.threads, "device": args.device,
+        "threads": args.threads, "device": args.device, "mlflow": args.mlflow, "cpu": cpu_model(),
         "in_process_img_s": steady(local), "ray_1_img_s": steady(one), "ray_2_img_s": steady(two),
         "ratio_1": steady(one) / steady(local), "ratio_2": steady(two) / steady(local),
         "ray_startup_s": startup_s, "launch_overhead_1_s": beyond_epochs(one, one_s, 1),

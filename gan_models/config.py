@@ -239,10 +239,13 @@ class SweepConfig(_Section):
         "asha", description="asha: stop trials whose validation score trails at each rung; none: run all"
     )
     metric: Literal["auto", "val_accuracy", "val_domain_fd"] = Field(
-        "auto", description="what ASHA compares; auto: val_accuracy if the family classifies, else val_domain_fd"
+        "auto",
+        description="what ASHA compares; auto: val_accuracy if the family classifies, else val_domain_fd",
     )
     grace_period: int = Field(1, gt=0, description="epochs every trial trains before ASHA may stop it")
-    reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps 1 / reduction_factor of trials per rung")
+    reduction_factor: float = Field(
+        2.0, gt=1, description="ASHA keeps 1 / reduction_factor of trials per rung"
+    )
 
 
 class Config(_Section):

@@ -26,6 +26,7 @@ from torch import nn
 from gan_models.io import write_text, write_with
 from gan_models.nets import ModelOptions, build_models, family, parse_options, sample_latent
 from gan_models.training.batches import to_float, to_uint8
+from pipelines.quiet import MLFLOW_NOTICES, quiet
 
 SPEC = "spec.json"
 WEIGHTS = "weights.safetensors"
@@ -154,13 +155,14 @@ def log_model(
         example = np.random.default_rng(0).integers(0, 256, (2, height, width, channels), dtype=np.uint8)
     signature = infer_signature(example, model.predict(example))
     project = Path(__file__).resolve().parents[1]
-    info = mlflow.pyfunc.log_model(
-        name=kind,
-        loader_module=__name__,
-        data_path=str(package),
-        code_paths=[str(project / "gan_models"), str(project / "pipelines")],
-        signature=signature,
-        input_example=example,
-        pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS],
-    )
+    with quiet(*MLFLOW_NOTICES):
+        info = mlflow.pyfunc.log_model(
+            name=kind,
+            loader_module=__name__,
+            data_path=str(package),
+            code_paths=[str(project / "gan_models"), str(project / "pipelines")],
+            signature=signature,
+            input_example=example,
+            pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS],
+        )
     return info.model_uri

@@ -28,6 +28,7 @@ from gan_models.data.prepare import open_verified, prepared_path
 from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import GanOpsError
 from gan_models.training.loop import BEST_NAME, CHECKPOINT_NAME, EpochReport
+from pipelines.quiet import quiet
 from pipelines.tracking import EXTRA_KEY, TrackingTarget, mark_failed
 from pipelines.train import Preflight, check_run_name, preflight, run_name_for, run_training
 
@@ -92,15 +93,11 @@ def finished_epochs(storage_path: str, run_name: str, epochs: int | None = None)
     stopped early counts as `epochs` done (it is finished)."""
     from ray.train import Result
 
-    quiet = logging.getLogger("ray.train")  # its "a run snapshot was found" notice is for Trainer users
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
     try:
-        result = Result.from_path(f"{storage_path.rstrip('/')}/{run_name}")
+        with quiet("ray.train", level=logging.WARNING):  # its "a run snapshot was found" is for Trainer users
+            result = Result.from_path(f"{storage_path.rstrip('/')}/{run_name}")
     except RuntimeError:  # no such run, or no checkpoint committed yet
         return 0
-    finally:
-        quiet.setLevel(level)
     metrics = result.metrics or {}
     if epochs is not None and metrics.get(STOPPED_EARLY):
         return epochs
@@ -116,21 +113,47 @@ def ray_session(cfg: Config) -> Iterator[dict[str, float]]:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     started = not ray.is_initialized()
     if started:
+        if address is None:
+            # Token authentication is Ray's default for a new local instance; asking for it by name
+            # keeps it on without Ray's notice about it at every launch.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         try:
             # "local": a new instance of our own. Without an address ray.init joins whatever cluster
             # this machine started last (another user's, a test's) instead of the one documented.
             context = ray.init(
-                address=address or "local", include_dashboard=cfg.ray.dashboard, log_to_driver=True
+                address=address or "local",
+                include_dashboard=cfg.ray.dashboard,
+                log_to_driver=True,
+                logging_level=logging.WARNING,  # its "Started a local Ray instance": the line below says it
             )
         except ConnectionError as e:
             raise ClusterError(f"cannot connect to the Ray cluster at {address}: {e}") from None
         if address is None and context.dashboard_url:
             print(f"Ray dashboard: http://{context.dashboard_url} (logs: {ray_log_dir()})", flush=True)
+    start_autoscaling_coordinator()
     try:
         yield ray.cluster_resources()
     finally:
         if started:
             ray.shutdown()
+
+
+def start_autoscaling_coordinator() -> None:
+    """Start the actor every Ray Train controller registers its resource request with, and return.
+
+    The controller waits 5 s for that actor (Ray Data's AutoscalingCoordinator, one per cluster) and,
+    where its first start takes longer (a small or busy machine), logs a traceback and waits again 20 s
+    later, at every launch. Started here, it comes up while the controller does; where it already runs
+    this is a lookup. Ray without that actor (another version) is left to do as it does.
+    """
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:
+        return
+    with contextlib.suppress(Exception):  # only a head start: the controller creates it if this cannot
+        get_or_create_autoscaling_coordinator()
 
 
 def torch_trainer(
@@ -208,6 +231,9 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     cfg = Config.model_validate(config["cfg"])
+    # Ray Train sets the worker's root logger to INFO (its own "Reporting training result" notices
+    # reach it under a file-path logger name); the console gets ray.log_level, as Ray Train's own logs do.
+    logging.getLogger().setLevel(cfg.ray.log_level)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")

@@ -25,6 +25,7 @@ from gan_models.config import Config, TrackingConfig
 from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
 from gan_models.errors import GanOpsError
 from gan_models.training.loop import TrainResult
+from pipelines.quiet import MLFLOW_NOTICES, quiet
 
 DEFAULT_DB = "mlruns.db"
 RUN_NAME_TAG = "ganops.run_name"
@@ -80,7 +81,7 @@ def ensure_experiment(target: TrackingTarget) -> str:
 
     client = mlflow.MlflowClient(target.uri)
     try:
-        with _fail_fast():
+        with _fail_fast(), quiet(*MLFLOW_NOTICES):
             experiment = client.get_experiment_by_name(target.experiment)
             if experiment is None:
                 return client.create_experiment(target.experiment, artifact_location=target.artifact_location)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ from gan_models.config import Config, load_config
 from gan_models.errors import ConfigError
 from gan_models.nets import family
 from gan_models.training.validation import ACCURACY, FD, check_validation
+from pipelines.quiet import quiet
 from pipelines.ray_train import (
     STOPPED_EARLY,
     ClusterError,
@@ -267,7 +269,8 @@ def run_sweep(
                     callbacks=[_trial_lines(metric)],
                 ),
             )
-        grid = tuner.fit()
+        with quiet("ray.tune", level=logging.WARNING):  # "Wrote the latest version of all result files"
+            grid = tuner.fit()
 
     trials = [_outcome(result, spec, base.ray.storage_path, checks.target, metric) for result in grid]
     return SweepResult(name, metric, parent, trials)

@@ -38,6 +38,10 @@ def wn(
             nn.init.zeros_(layer.bias)
     # ConvTranspose2d keeps its output channels in dim 1 of the weight.
     normed = weight_norm(layer, dim=1 if isinstance(layer, nn.ConvTranspose2d) else 0)
+    # Along dim 1 the scale comes out with strides (1, 1, 1, 1); DDP's gradient buckets follow a
+    # parameter's strides and autograd's gradients are dense, so give it dense strides.
+    scale = normed.parametrizations.weight.original0
+    scale.data = scale.data.clone(memory_format=torch.contiguous_format)
     if init_scale is not None:
         normed.wn_init_scale = init_scale  # type: ignore[assignment]
     if not train_scale:

@@ -5,6 +5,9 @@ The fail-fast tests come first: they must fail before any Ray instance exists.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +23,7 @@ from gan_models.errors import DatasetError
 from pipelines.ray_train import ClusterError, finished_epochs, launch
 from pipelines.tracking import TrackingError
 from pipelines.train import ReplicaMismatchError
+from tests.conftest import PROJECT
 from tests.training.conftest import tiny_config, tiny_dataset
 
 STEPS_PER_EPOCH = 3  # 120 images, batches of 20 on each of 2 ranks
@@ -121,12 +125,31 @@ def test_more_workers_than_the_cluster_has_fails_before_training(
         launch(ray_config(tmp_path, store, "big", "ray.num_workers=3"), "big")
 
 
-def test_two_workers_one_mlflow_run_with_every_epoch_and_the_models(
-    ray_cluster: None, tmp_path: Path, store: Path
+def test_two_workers_one_mlflow_run_with_every_epoch_and_the_models_and_a_quiet_terminal(
+    tmp_path: Path, store: Path
 ) -> None:
+    # `ganops train` as a user runs it: its own local Ray instance, every process's output in the terminal.
     cfg = ray_config(tmp_path, store, "two", "train.epochs=2")
-    summary = launch(cfg, "two")
-    assert f"2 epochs, {2 * STEPS_PER_EPOCH} steps on 2 workers" in summary
+    params = tmp_path / "params.yaml"
+    params.write_text(cfg.to_yaml())
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines", "train", "--run-name", "two", "--config", str(params)],
+        cwd=PROJECT,  # the git commit recorded is this checkout's
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert f"2 epochs, {2 * STEPS_PER_EPOCH} steps on 2 workers" in proc.stdout
+    # What the user can act on: the dashboard, where the logs are, and one line per epoch from rank 0 ...
+    assert re.search(r"Ray dashboard: http://\S+ \(logs: \S+\)", output), output
+    assert re.search(r"\[two\] epoch 1/2 .* img/s .* eta", output) and "[two] epoch 2/2" in output, output
+    # ... and none of Ray's, Ray Train's or MLflow's notices of a normal run.
+    for noise in ("Traceback", "WARNING", "Failed to", "Reporting training result", "Started a local Ray"):
+        assert noise not in output, f"{noise!r} in the output:\n{output}"
+    assert "INFO" not in output, output
 
     run = only_run(cfg)
     assert run.info.status == "FINISHED" and run.data.tags["final_step"] == str(2 * STEPS_PER_EPOCH)
