@@ -7,7 +7,7 @@ SHARED ?= $(abspath ../shared/datasets)
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode   # every process (each Ray worker too) then skips compiling its imports
 
 # The whole pipeline on the embedded defaults, sized for a 2-core CPU machine (README: figures and time;
 # benchmarks/demo_recipe.py measures the recipe against its alternatives): synthetic-svhn rendered at

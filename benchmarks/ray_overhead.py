@@ -10,13 +10,17 @@ run is tracked in a SQLite store, models logged, as `ganops train` does). Target
 1 worker at least 0.9x the in-process throughput.
 
     uv run python benchmarks/ray_overhead.py [--epochs 5] [--images 6400] [--threads 1] [--device cpu]
+        [--mlflow] [--bytecode-ab]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -67,6 +71,32 @@ def under_ray(cfg: Config, workers: int) -> tuple[list[float], float]:
     return list(frame.sort_values("epoch")["images_per_s"]), seconds
 
 
+def bytecode_ab() -> None:
+    """The same benchmark in two child processes, one that finds no compiled bytecode (an empty
+    PYTHONPYCACHEPREFIX: what an environment installed without `--compile-bytecode` gets under
+    PYTHONDONTWRITEBYTECODE) and one that reads it; Ray's processes inherit each child's setting."""
+    argv = [a for a in sys.argv[1:] if a != "--bytecode-ab"]
+    rows = []
+    for label in ("from source", "from bytecode"):
+        with tempfile.TemporaryDirectory() as empty:
+            env = dict(os.environ)
+            if label == "from source":
+                env |= {"PYTHONPYCACHEPREFIX": empty, "PYTHONDONTWRITEBYTECODE": "1"}
+            subprocess.run([sys.executable, __file__, *argv], env=env, check=True)
+        rows.append((label, json.loads(RESULTS.read_text().splitlines()[-1])))
+    print("\n| imports | Ray start-up s | beyond epochs, 1 worker s | 2 workers s | in-process s |")
+    print("|---|---:|---:|---:|---:|")
+    for label, row in rows:
+        print(
+            f"| {label} | {row['ray_startup_s']:.1f} | {row['launch_overhead_1_s']:.1f} | "
+            f"{row['launch_overhead_2_s']:.1f} | {row['in_process_overhead_s']:.1f} |"
+        )
+    source, compiled = rows[0][1], rows[1][1]
+    print(
+        f"beyond the epochs, 1 worker: {compiled['launch_overhead_1_s'] / source['launch_overhead_1_s']:.2f}x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
@@ -78,8 +108,17 @@ def main() -> None:
     parser.add_argument(
         "--mlflow", action="store_true", help="track every run in MLflow (SQLite), as `ganops train` does"
     )
+    parser.add_argument(
+        "--bytecode-ab",
+        action="store_true",
+        help="run the benchmark twice, its imports compiled from source (no .pyc) and from bytecode",
+    )
     args = parser.parse_args()
+    if args.bytecode_ab:
+        return bytecode_ab()
     import ray
+
+    from pipelines.ray_train import ray_session
 
     with tempfile.TemporaryDirectory() as tmp:
         ds = dataset(Path(tmp) / "data", args.images)
@@ -92,16 +131,16 @@ def main() -> None:
         ])  # fmt: skip
         local, local_s = in_process(cfg, ds, Path(tmp) / "in-process", args.threads)
 
+        # Ray as `ganops train` starts it (a local instance of our own, its dashboard on), held for both.
         begin = time.perf_counter()
         gpus = torch.cuda.device_count() if args.device == "cuda" else 0
-        ray.init(num_cpus=2 * args.threads, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
-        ray.get(ray.remote(lambda: None).remote())
-        startup_s = time.perf_counter() - begin
-        one, one_s = under_ray(cfg, 1)
-        two, two_s = (
-            under_ray(cfg, 2) if args.device == "cpu" or gpus >= 2 else ([float("nan")], float("nan"))
-        )
-        ray.shutdown()
+        with ray_session(cfg):
+            ray.get(ray.remote(lambda: None).remote())
+            startup_s = time.perf_counter() - begin
+            one, one_s = under_ray(cfg, 1)
+            two, two_s = (
+                under_ray(cfg, 2) if args.device == "cpu" or gpus >= 2 else ([float("nan")], float("nan"))
+            )
 
     def steady(per_epoch: list[float]) -> float:
         return statistics.median(per_epoch[1:] or per_epoch)

@@ -17,15 +17,28 @@ MLFLOW_NOTICES = (
 )
 
 
+class _Below(logging.Filter):
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
 @contextlib.contextmanager
 def quiet(*names: str, level: int = logging.ERROR) -> Iterator[None]:
-    """Raise the loggers `names` to `level` for the duration of the block, then restore them."""
+    """Drop the records below `level` of the loggers `names` while the block runs.
+
+    A filter, not a level: MLflow's database migrations reconfigure logging (alembic's `fileConfig`),
+    which resets the levels of existing loggers, not their filters.
+    """
+    below = _Below(level)
     loggers = [logging.getLogger(name) for name in names]
-    saved = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(max(level, lg.getEffectiveLevel()))
+        lg.addFilter(below)
     try:
         yield
     finally:
-        for lg, old in zip(loggers, saved, strict=True):
-            lg.setLevel(old)
+        for lg in loggers:
+            lg.removeFilter(below)

@@ -32,6 +32,8 @@ from pipelines.quiet import quiet
 from pipelines.tracking import EXTRA_KEY, TrackingTarget, mark_failed
 from pipelines.train import Preflight, check_run_name, preflight, run_name_for, run_training
 
+RAY_AUTH_NOTICE = "ray._private.authentication.authentication_token_setup"
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 STOPPED_EARLY = "stopped_early"  # reported with every epoch: 1.0 once train.patience stopped the run
 
 
@@ -113,27 +115,34 @@ def ray_session(cfg: Config) -> Iterator[dict[str, float]]:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     started = not ray.is_initialized()
     if started:
-        if address is None:
-            # Token authentication is Ray's default for a new local instance; asking for it by name
-            # keeps it on without Ray's notice about it at every launch.
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
         try:
             # "local": a new instance of our own. Without an address ray.init joins whatever cluster
             # this machine started last (another user's, a test's) instead of the one documented.
-            context = ray.init(
-                address=address or "local",
-                include_dashboard=cfg.ray.dashboard,
-                log_to_driver=True,
-                logging_level=logging.WARNING,  # its "Started a local Ray instance": the line below says it
-            )
+            # Ray's notice that token authentication (its default) is on for a new local instance: it
+            # stays on; "Started a local Ray instance": the line below says it, with the logs' place.
+            with quiet(RAY_AUTH_NOTICE, level=logging.ERROR):
+                context = ray.init(
+                    address=address or "local",
+                    include_dashboard=cfg.ray.dashboard,
+                    log_to_driver=True,
+                    logging_level=logging.WARNING,
+                )
         except ConnectionError as e:
             raise ClusterError(f"cannot connect to the Ray cluster at {address}: {e}") from None
         if address is None and context.dashboard_url:
             print(f"Ray dashboard: http://{context.dashboard_url} (logs: {ray_log_dir()})", flush=True)
     start_autoscaling_coordinator()
+    # Ray Train's preemption watcher (one more actor per launch, and Ray core's error line about its
+    # restart) observes spot nodes being reclaimed; an instance of our own on this machine has none.
+    own = started and address is None
+    watcher = os.environ.get(PREEMPTION_WATCHER)
+    if own and watcher is None:
+        os.environ[PREEMPTION_WATCHER] = "0"  # the controller inherits it
     try:
         yield ray.cluster_resources()
     finally:
+        if own and watcher is None:
+            os.environ.pop(PREEMPTION_WATCHER, None)
         if started:
             ray.shutdown()
 

@@ -79,9 +79,9 @@ def ensure_experiment(target: TrackingTarget) -> str:
     """The experiment's id, created if missing; a clear `TrackingError` at once if the store is unreachable."""
     import mlflow
 
-    client = mlflow.MlflowClient(target.uri)
     try:
-        with _fail_fast(), quiet(*MLFLOW_NOTICES):
+        with _fail_fast(), quiet(*MLFLOW_NOTICES):  # the client creates a new SQLite store's tables
+            client = mlflow.MlflowClient(target.uri)
             experiment = client.get_experiment_by_name(target.experiment)
             if experiment is None:
                 return client.create_experiment(target.experiment, artifact_location=target.artifact_location)
