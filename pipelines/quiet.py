@@ -8,37 +8,55 @@ import logging
 from collections.abc import Iterator
 
 # MLflow's notices of a normal run: the first use of a SQLite store ("Creating initial MLflow database
-# tables"), the input example being validated, and, in a uv environment (no pip), pip's unknown version.
+# tables"), the input example being validated, and, in a uv environment, the lock file copied and
+# pip's version unknown (uv environments have no pip).
 MLFLOW_NOTICES = (
     "mlflow.store.db.utils",
     "alembic.runtime.migration",
     "mlflow.pyfunc",
     "mlflow.utils.environment",
+    "mlflow.utils.uv_utils",
 )
 
 
 class _Below(logging.Filter):
-    def __init__(self, level: int) -> None:
+    """Drops the records below `level` of the loggers `names` and their children."""
+
+    def __init__(self, names: tuple[str, ...], level: int) -> None:
         super().__init__()
-        self.level = level
+        self.names, self.level = names, level
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= self.level
+        if record.levelno >= self.level:
+            return True
+        return not any(record.name == n or record.name.startswith(n + ".") for n in self.names)
+
+
+def _handlers_above(logger: logging.Logger) -> list[logging.Handler]:
+    """The handlers a record of `logger` reaches (its own, then its ancestors' while it propagates)."""
+    handlers: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        handlers += current.handlers
+        current = current.parent if current.propagate else None  # type: ignore[assignment]
+    return handlers
 
 
 @contextlib.contextmanager
 def quiet(*names: str, level: int = logging.ERROR) -> Iterator[None]:
-    """Drop the records below `level` of the loggers `names` while the block runs.
+    """Hold back the records below `level` of the loggers `names` (and their children) during the block.
 
-    A filter, not a level: MLflow's database migrations reconfigure logging (alembic's `fileConfig`),
-    which resets the levels of existing loggers, not their filters.
+    Filters, not levels: MLflow's database migrations reconfigure logging (alembic's `fileConfig`),
+    which resets the levels of existing loggers. The filter sits on the loggers themselves (their own
+    records, whatever handlers appear meanwhile) and on the handlers their records reach (the children's).
     """
-    below = _Below(level)
+    below = _Below(names, level)
     loggers = [logging.getLogger(name) for name in names]
-    for lg in loggers:
-        lg.addFilter(below)
+    handlers = {h for lg in loggers for h in _handlers_above(lg)}
+    for item in (*loggers, *handlers):
+        item.addFilter(below)
     try:
         yield
     finally:
-        for lg in loggers:
-            lg.removeFilter(below)
+        for item in (*loggers, *handlers):
+            item.removeFilter(below)

@@ -14,7 +14,7 @@ import pytest
 
 from gan_models.config import Config
 from gan_models.training.loop import DivergenceError
-from pipelines.tracking import RUN_NAME_TAG, TrackingError, resolve_target
+from pipelines.tracking import RUN_NAME_TAG, TrackingError, TrackingTarget, ensure_experiment, resolve_target
 from pipelines.train import train_local
 from tests.training.conftest import tiny_config, tiny_dataset
 
@@ -183,3 +183,12 @@ def test_the_same_code_tracks_to_a_real_mlflow_server_over_http(tmp_path: Path) 
         for child in children:  # the server's own uvicorn worker
             if child.is_running():
                 child.kill()
+
+
+def test_a_new_sqlite_store_is_created_without_mlflows_notices(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    target = TrackingTarget(f"sqlite:///{tmp_path / 'new.db'}", "quiet", str(tmp_path / "artifacts"))
+    assert ensure_experiment(target)
+    captured = capfd.readouterr()
+    assert captured.out + captured.err == ""  # not "Creating initial MLflow database tables..."

