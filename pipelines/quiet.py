@@ -1,10 +1,12 @@
 """Quiet by default: library notices a user cannot act on are held back while the call that emits them
-runs (libraries that write log files still write them there)."""
+runs (libraries that write log files still write them there); `environ` for the settings that libraries
+read from the environment."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 # MLflow's notices of a normal run: the first use of a SQLite store ("Creating initial MLflow database
@@ -60,3 +62,19 @@ def quiet(*names: str, level: int = logging.ERROR) -> Iterator[None]:
     finally:
         for item in (*loggers, *handlers):
             item.removeFilter(below)
+
+
+@contextlib.contextmanager
+def environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the block (processes started meanwhile inherit them), then restore
+    each to its earlier value, or unset it again."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

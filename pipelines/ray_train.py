@@ -28,7 +28,7 @@ from gan_models.data.prepare import open_verified, prepared_path
 from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import GanOpsError
 from gan_models.training.loop import BEST_NAME, CHECKPOINT_NAME, EpochReport
-from pipelines.quiet import quiet
+from pipelines.quiet import environ, quiet
 from pipelines.tracking import EXTRA_KEY, TrackingTarget, mark_failed
 from pipelines.train import Preflight, check_run_name, preflight, run_name_for, run_training
 
@@ -134,15 +134,11 @@ def ray_session(cfg: Config) -> Iterator[dict[str, float]]:
     start_autoscaling_coordinator()
     # Ray Train's preemption watcher (one more actor per launch, and Ray core's error line about its
     # restart) observes spot nodes being reclaimed; an instance of our own on this machine has none.
-    own = started and address is None
-    watcher = os.environ.get(PREEMPTION_WATCHER)
-    if own and watcher is None:
-        os.environ[PREEMPTION_WATCHER] = "0"  # the controller inherits it
+    own = started and address is None and PREEMPTION_WATCHER not in os.environ
     try:
-        yield ray.cluster_resources()
+        with environ(**({PREEMPTION_WATCHER: "0"} if own else {})):  # the controller inherits it
+            yield ray.cluster_resources()
     finally:
-        if own and watcher is None:
-            os.environ.pop(PREEMPTION_WATCHER, None)
         if started:
             ray.shutdown()
 

@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 import traceback
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from gan_models.config import Config, TrackingConfig
 from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
 from gan_models.errors import GanOpsError
 from gan_models.training.loop import TrainResult
-from pipelines.quiet import MLFLOW_NOTICES, quiet
+from pipelines.quiet import MLFLOW_NOTICES, environ, quiet
 
 DEFAULT_DB = "mlruns.db"
 RUN_NAME_TAG = "ganops.run_name"
@@ -59,20 +58,9 @@ def resolve_target(cfg: TrackingConfig, project: Path | None = None) -> Tracking
     return TrackingTarget(uri, cfg.experiment, artifacts)
 
 
-@contextlib.contextmanager
-def _fail_fast() -> Iterator[None]:
+def _fail_fast() -> contextlib.AbstractContextManager[None]:
     """One HTTP attempt with a short timeout, instead of MLflow's default minutes of retries."""
-    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    saved = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
 
 
 def ensure_experiment(target: TrackingTarget) -> str:

@@ -28,7 +28,7 @@ from gan_models.config import Config, load_config
 from gan_models.errors import ConfigError
 from gan_models.nets import family
 from gan_models.training.validation import ACCURACY, FD, check_validation
-from pipelines.quiet import quiet
+from pipelines.quiet import environ, quiet
 from pipelines.ray_train import (
     STOPPED_EARLY,
     ClusterError,
@@ -266,10 +266,12 @@ def run_sweep(
                     name=name,
                     storage_path=base.ray.storage_path,
                     verbose=0,  # our own lines (`_TrialLines`) and each rank 0's epoch lines instead
-                    callbacks=[_trial_lines(metric)],
+                    callbacks=[_trial_lines(metric, trial_count(axes, base.sweep.samples))],
                 ),
             )
-        with quiet("ray.tune", level=logging.WARNING):  # "Wrote the latest version of all result files"
+        # Tune's new output engine prints its experiment box and paths whatever `verbose` says; the
+        # legacy one honours verbose=0. And Tune's "Wrote the latest version of all result files".
+        with environ(RAY_AIR_NEW_OUTPUT="0"), quiet("ray.tune", level=logging.WARNING):
             grid = tuner.fit()
 
     trials = [_outcome(result, spec, base.ray.storage_path, checks.target, metric) for result in grid]
@@ -338,7 +340,12 @@ def _scored_reports(metric: str) -> Any:
     return ScoredReports()
 
 
-def _trial_lines(metric: str) -> Any:
+def trial_count(axes: list[Axis], samples: int) -> int:
+    """How many trials Tune runs: every grid combination, `samples` times (random axes draw anew each)."""
+    return math.prod(len(a.values) for a in axes if not a.distribution) * samples
+
+
+def _trial_lines(metric: str, total: int) -> Any:
     """A Tune callback printing one line when a trial starts, is scored, stops or fails."""
     from ray.tune import Callback
 
@@ -353,7 +360,7 @@ def _trial_lines(metric: str) -> Any:
                 done = sum(t.status == "TERMINATED" for t in trials)
                 print(
                     f"[sweep] {_label(trial)}: epoch {result.get('epoch')} {metric} {result[metric]:.4g} "
-                    f"({done}/{len(trials)} trials done)",
+                    f"({done}/{total} trials done)",
                     flush=True,
                 )
 

@@ -16,7 +16,7 @@ from gan_models.data.prepare import carve_split
 from gan_models.data.prepared import write_prepared
 from gan_models.data.sources import RawDataset
 from gan_models.errors import ConfigError
-from pipelines.tune import Axis, parse_axis, run_sweep
+from pipelines.tune import Axis, parse_axis, run_sweep, trial_count
 from tests.training.conftest import tiny_dataset
 
 
@@ -38,6 +38,12 @@ def test_axes_parse_as_grids_and_ranges_and_bad_ones_name_the_problem() -> None:
     ]:
         with pytest.raises(ConfigError, match=says):
             parse_axis(bad)
+
+
+def test_the_trial_count_is_every_grid_combination_times_the_samples() -> None:
+    grid = [parse_axis("seed=0,1,2"), parse_axis("train.lr_g=1e-4,3e-4")]
+    assert trial_count(grid, 1) == 6
+    assert trial_count([*grid, parse_axis("train.lr_d=loguniform(1e-4,1e-3)")], 4) == 24
 
 
 def prepared(root: Path) -> None:
