@@ -34,6 +34,7 @@ from gan_models.training.loop import (
     EpochReport,
     TrainHooks,
     TrainResult,
+    check_resume,
     resolve_channels_last,
     resolve_device,
     resolve_precision,
@@ -116,7 +117,10 @@ def run_training(
     """Train `cfg` as run `run_name` on this rank, tracked in MLflow by rank 0; resume from `resume`."""
     out_dir = Path(cfg.train.output_dir) / run_name
     here = device or torch.device("cpu")  # where this rank's collectives run
-    extra = read_resume_info(resume).extra if resume is not None and rank == 0 else {}
+    extra = {}
+    if resume is not None and rank == 0:
+        # Before MLflow: a changed architecture must not reopen (and fail) the run the checkpoint names.
+        extra = check_resume(cfg, dataset, resume).get("extra", {})
     tracker = None
     if rank == 0:
         write_text(out_dir / "config.yaml", cfg.to_yaml())

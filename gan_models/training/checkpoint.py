@@ -82,7 +82,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def check_compatible(state: dict[str, Any], config: dict[str, Any], source: str) -> None:
-    """Fail, naming each key, if `config` changes the architecture the checkpoint was trained with."""
+    """Fail, naming each key, if `config` changes the architecture the checkpoint was trained with, its
+    classes or image shape, or turns a trick with state of its own (EMA, historical averaging) on or off."""
     diffs = []
     for section in ARCHITECTURE_KEYS:
         old, new = state["config"].get(section, {}), config.get(section, {})
@@ -102,6 +103,14 @@ def check_compatible(state: dict[str, Any], config: dict[str, Any], source: str)
         raise CheckpointError(
             f"cannot resume from {source}: the config changes the architecture:\n  " + "\n  ".join(diffs)
         )
+    train = config.get("train", {})
+    for key, saved in (("ema_decay", state["ema"]), ("historical_averaging", state["historical_averaging"])):
+        if key in train and (train[key] > 0) != bool(saved):
+            on, off = ("on", "off") if train[key] > 0 else ("off", "on")
+            raise CheckpointError(
+                f"cannot resume from {source}: train.{key} is {on} here but was {off} when it was written; "
+                "use the checkpoint's value or a new run name"
+            )
 
 
 @dataclass(frozen=True)
@@ -161,17 +170,7 @@ class TrainState:
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str) -> None:
-        """Restore from `state` (checked with `check_compatible` first); tricks must match the checkpoint's."""
-        for kind, mine, saved in (
-            ("train.ema_decay", self.ema, state["ema"]),
-            ("train.historical_averaging", self.averaging, state["historical_averaging"]),
-        ):
-            if set(mine) != set(saved):
-                on, off = ("on", "off") if mine else ("off", "on")
-                raise CheckpointError(
-                    f"cannot resume from {source}: {kind} is {on} here but was {off} when it was written; "
-                    "use the checkpoint's value or a new run name"
-                )
+        """Restore from `state`, which `check_compatible` accepted for this config."""
         for name, m in self.models.items():
             m.load_state_dict(state["models"][name])
         for name, o in self.optimizers.items():

@@ -203,13 +203,7 @@ def train(
     check_validation(cfg, dataset)
 
     # Resume: read and check the checkpoint before building anything.
-    saved = load_checkpoint(resume) if resume else None
-    if saved is not None:
-        check_compatible(
-            saved,
-            {**cfg.to_dict(), "_data_shape": list(dataset.image_shape), "_num_classes": dataset.num_classes},
-            str(resume),
-        )
+    saved = check_resume(cfg, dataset, resume) if resume else None
 
     # Construct networks: weights start identical on every rank (one seed), noise streams per rank.
     torch.manual_seed(cfg.seed)
@@ -427,6 +421,15 @@ def train(
         result.published = _published(load_checkpoint(best_path))
         result.model_epoch = state.best["epoch"]
     return result
+
+
+def check_resume(cfg: Config, dataset: PreparedDataset, resume: Path) -> dict[str, Any]:
+    """The checkpoint at `resume`, if `cfg` on `dataset` can continue it (else a `CheckpointError` naming
+    every difference): callers check before they touch anything else, MLflow included."""
+    saved = load_checkpoint(resume)
+    config = cfg.to_dict() | {"_data_shape": list(dataset.image_shape), "_num_classes": dataset.num_classes}
+    check_compatible(saved, config, str(resume))
+    return saved
 
 
 def _published(saved: dict[str, Any]) -> dict[str, dict[str, Tensor]]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from gan_models.config import Config
+from gan_models.training.checkpoint import CheckpointError
 from gan_models.training.loop import DivergenceError
 from pipelines.tracking import RUN_NAME_TAG, TrackingError, TrackingTarget, ensure_experiment, resolve_target
 from pipelines.train import train_local
@@ -192,3 +193,19 @@ def test_a_new_sqlite_store_is_created_without_mlflows_notices(
     assert ensure_experiment(target)
     captured = capfd.readouterr()
     assert captured.out + captured.err == ""  # not "Creating initial MLflow database tables..."
+
+
+def test_resuming_with_another_architecture_leaves_the_finished_run_untouched(
+    tmp_path: Path, store: Path
+) -> None:
+    cfg = local_config(tmp_path, store, "changed", "model.name=ssgan", "train.epochs=1")
+    train_local(cfg, "r")
+    (before,) = runs_of(cfg)
+    changed = local_config(
+        tmp_path, store, "changed", "model.name=ssgan", "train.epochs=2", "model.g_features=16"
+    )
+    with pytest.raises(CheckpointError, match=r"model.g_features: checkpoint 8, config 16"):
+        train_local(changed, "r")
+    (after,) = runs_of(cfg)  # the run the checkpoint names: not reopened, tagged or failed
+    assert after.info.status == "FINISHED" and after.info.end_time == before.info.end_time
+    assert after.data.tags == before.data.tags
