@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -34,6 +35,7 @@ from pipelines.train import Preflight, check_run_name, preflight, run_name_for, 
 
 RAY_AUTH_NOTICE = "ray._private.authentication.authentication_token_setup"
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+API_SERVER = "RAY_API_SERVER_ADDRESS"  # where Ray's State API clients look first
 STOPPED_EARLY = "stopped_early"  # reported with every epoch: 1.0 once train.patience stopped the run
 
 
@@ -114,33 +116,70 @@ def ray_session(cfg: Config) -> Iterator[dict[str, float]]:
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     started = not ray.is_initialized()
-    if started:
-        try:
-            # "local": a new instance of our own. Without an address ray.init joins whatever cluster
-            # this machine started last (another user's, a test's) instead of the one documented.
-            # Ray's notice that token authentication (its default) is on for a new local instance: it
-            # stays on; "Started a local Ray instance": the line below says it, with the logs' place.
-            with quiet(RAY_AUTH_NOTICE, level=logging.ERROR):
-                context = ray.init(
-                    address=address or "local",
-                    include_dashboard=cfg.ray.dashboard,
-                    log_to_driver=True,
-                    logging_level=logging.WARNING,
-                )
-        except ConnectionError as e:
-            raise ClusterError(f"cannot connect to the Ray cluster at {address}: {e}") from None
-        if address is None and context.dashboard_url:
-            print(f"Ray dashboard: http://{context.dashboard_url} (logs: {ray_log_dir()})", flush=True)
-    start_autoscaling_coordinator()
-    # Ray Train's preemption watcher (one more actor per launch, and Ray core's error line about its
-    # restart) observes spot nodes being reclaimed; an instance of our own on this machine has none.
-    own = started and address is None and PREEMPTION_WATCHER not in os.environ
-    try:
-        with environ(**({PREEMPTION_WATCHER: "0"} if own else {})):  # the controller inherits it
-            yield ray.cluster_resources()
-    finally:
+    own = started and address is None
+    with contextlib.ExitStack() as stack:
+        if own:
+            stack.enter_context(environ(**own_instance_settings(cfg)))  # Ray's processes inherit them
         if started:
-            ray.shutdown()
+            try:
+                # "local": a new instance of our own. Without an address ray.init joins whatever cluster
+                # this machine started last (another user's, a test's) instead of the one documented.
+                # Ray's notice that token authentication (its default) is on for a new local instance: it
+                # stays on; "Started a local Ray instance": the line below says it, with the logs' place.
+                with quiet(RAY_AUTH_NOTICE, level=logging.ERROR):
+                    context = ray.init(
+                        address=address or "local",
+                        include_dashboard=cfg.ray.dashboard,
+                        dashboard_port=dashboard_port(os.environ.get(API_SERVER)) if own else None,
+                        log_to_driver=True,
+                        logging_level=logging.WARNING,
+                    )
+            except ConnectionError as e:
+                raise ClusterError(f"cannot connect to the Ray cluster at {address}: {e}") from None
+            if own and context.dashboard_url:
+                print(f"Ray dashboard: http://{context.dashboard_url} (logs: {ray_log_dir()})", flush=True)
+        start_autoscaling_coordinator()
+        try:
+            yield ray.cluster_resources()
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def own_instance_settings(cfg: Config) -> dict[str, str]:
+    """What the processes of a Ray instance of our own read from their environment.
+
+    - Ray Train's placement-group cleaner asks the State API (the dashboard) whether the controller
+      lives; with no address it looks for "the" Ray instance on the machine and, where another one runs
+      too, dies with "Found multiple active Ray instances" (and a traceback): name our dashboard, on a
+      port chosen here, so it asks ours.
+    - Ray Train's preemption watcher (one more actor per launch, and Ray core's error line about its
+      restart) observes spot nodes being reclaimed; an instance on this machine has none.
+    A variable the user set is left as it is.
+    """
+    settings = {PREEMPTION_WATCHER: "0"}
+    if cfg.ray.dashboard:
+        settings[API_SERVER] = f"http://127.0.0.1:{free_port()}"
+    return {k: v for k, v in settings.items() if k not in os.environ}
+
+
+def dashboard_port(api_server: str | None) -> int | None:
+    """The port of a local `http://127.0.0.1:PORT` API server address (None: Ray's default)."""
+    if api_server is None or not api_server.startswith("http://127.0.0.1:"):
+        return None
+    return int(api_server.rsplit(":", 1)[1])
+
+
+def free_port(preferred: int = 8265) -> int:
+    """`preferred` (Ray's usual dashboard port) if nothing listens on it now, else one the OS picks."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise ClusterError("no free TCP port on 127.0.0.1 for the Ray dashboard")
 
 
 def start_autoscaling_coordinator() -> None:
