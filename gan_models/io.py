@@ -30,6 +30,33 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: Path | str) -> list[Path]:
+    """Delete the temporary files and directories that writers killed mid-write (SIGKILL, power loss)
+    left in `directory`; a live process's are kept. Returns what was removed."""
+    directory = Path(directory)
+    removed = []
+    for entry in directory.glob(".*.*-*") if directory.is_dir() else ():
+        kind, _, pid = entry.name.rpartition("-")
+        if not (kind.endswith((".tmp", ".old")) and pid.isdigit()) or _alive(int(pid)):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside `path` durable."""
     fd = os.open(path, os.O_RDONLY)

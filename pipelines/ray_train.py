@@ -200,6 +200,38 @@ def start_autoscaling_coordinator() -> None:
         get_or_create_autoscaling_coordinator()
 
 
+class UserError(GanOpsError):
+    """A worker raised an error that a retry would raise again (a `GanOpsError`: divergence, bad data,
+    an incompatible checkpoint); raised in Ray Train's controller so that the run fails at once."""
+
+
+def user_error(error: BaseException) -> GanOpsError | None:
+    """The `GanOpsError` behind a worker's exception (Ray wraps it, perhaps twice), if there is one."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, GanOpsError):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    return None
+
+
+def stop_on_user_errors() -> Any:
+    """A Ray Train callback (on the controller) that fails the run when a worker's error is a user error:
+    `ray.max_failures` is for lost workers and nodes, and retrying a deterministic error (with -1,
+    forever) only repeats it. The error raised names the rank and the worker's message."""
+    from ray.train import UserCallback
+
+    class StopOnUserErrors(UserCallback):
+        def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+            for rank, error in sorted(worker_exceptions.items()):
+                if (cause := user_error(error)) is not None:
+                    raise UserError(f"rank {rank}: {cause} (not retried: a retry would fail the same way)")
+
+    return StopOnUserErrors()
+
+
 def torch_trainer(
     cfg: Config, name: str, checks: Preflight, use_gpu: bool, callbacks: list[Any] | None = None
 ) -> Any:
@@ -227,7 +259,7 @@ def torch_trainer(
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.checkpoints_to_keep),
             logging_config=LoggingConfig(log_level=cfg.ray.log_level),
-            callbacks=callbacks,
+            callbacks=[stop_on_user_errors(), *(callbacks or [])],
         ),
     )
 
@@ -242,7 +274,7 @@ def launch(cfg: Config, run_name: str | None = None, project: Path | None = None
     if run_name is not None:
         check_run_name(run_name)  # before any work
     cfg = absolute_paths(cfg, project)
-    dataset, checks = preflight(cfg, project)
+    dataset, checks = preflight(cfg, project, cfg.ray.num_workers)
     name = run_name or run_name_for(cfg, dataset)
     done = finished_epochs(cfg.ray.storage_path, name, cfg.train.epochs)
     if done >= cfg.train.epochs:

@@ -28,13 +28,14 @@ from gan_models.data.prepare import open_verified
 from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
 from gan_models.errors import GanOpsError
 from gan_models.io import write_text
-from gan_models.training.checkpoint import read_resume_info
+from gan_models.training.checkpoint import read_resume_info, resume_source
 from gan_models.training.loop import (
     CHECKPOINT_NAME,
     EpochReport,
     TrainHooks,
     TrainResult,
     check_resume,
+    check_trainable,
     resolve_channels_last,
     resolve_device,
     resolve_precision,
@@ -88,9 +89,11 @@ class Preflight:
     tags: dict[str, str]  # data version, manifest digest, git commit: recorded on the MLflow run
 
 
-def preflight(cfg: Config, project: Path) -> tuple[PreparedDataset, Preflight]:
-    """Verify the data and reach the tracking store; each failure is one clear `GanOpsError`."""
+def preflight(cfg: Config, project: Path, world_size: int = 1) -> tuple[PreparedDataset, Preflight]:
+    """Verify the data (and that `cfg` can train on it on `world_size` ranks) and reach the tracking
+    store; each failure is one clear `GanOpsError`."""
     dataset = open_verified(cfg.data)  # corrupted or missing data fails here
+    check_trainable(cfg, dataset, world_size)
     target = resolve_target(cfg.tracking, project) if cfg.tracking.enabled else None
     if target is not None:
         ensure_experiment(target)  # so does an unreachable tracking server
@@ -208,14 +211,13 @@ def train_local(cfg: Config, run_name: str | None = None, project: Path | None =
     name = run_name or run_name_for(cfg, dataset)
     run_dir = Path(cfg.train.output_dir) / name
     checkpoint = run_dir / CHECKPOINT_NAME
-    info = read_resume_info(checkpoint)
+    resume = resume_source(checkpoint)  # the previous checkpoint where the latest is unreadable
+    info = read_resume_info(resume or checkpoint)
     if info.finished(cfg.train.epochs):
         why = f"; {info.stop_reason}" if info.stop_reason else ""
         return f"{run_dir}: already trained for {info.epoch} epochs (checkpoint {checkpoint}){why}"
     device = torch.device("cpu") if cfg.train.device == "cpu" else None
-    result = run_training(
-        cfg, name, dataset, checks, device=device, resume=checkpoint if checkpoint.exists() else None
-    )
+    result = run_training(cfg, name, dataset, checks, device=device, resume=resume)
     last = result.history[-1]
     accuracy = f", train accuracy {last['train_accuracy']:.3f}" if "train_accuracy" in last else ""
     best = result.best

@@ -27,7 +27,8 @@ from typing import Any
 from gan_models.config import Config, load_config
 from gan_models.errors import ConfigError
 from gan_models.nets import family
-from gan_models.training.validation import ACCURACY, FD, check_validation
+from gan_models.training.loop import check_trainable
+from gan_models.training.validation import ACCURACY, FD
 from pipelines.quiet import environ, quiet
 from pipelines.ray_train import (
     STOPPED_EARLY,
@@ -183,7 +184,7 @@ def check_space(
     configs = []
     for values in itertools.product(*(a.extremes() for a in axes)):
         cfg = load_config(config_path, overrides + axis_overrides(dict(zip(keys, values, strict=True))))
-        check_validation(cfg, dataset)
+        check_trainable(cfg, dataset, cfg.ray.num_workers)
         configs.append(cfg)
     return configs
 

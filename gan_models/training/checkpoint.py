@@ -11,7 +11,9 @@ functions of (config, rank, epoch) alone (`gan_models.training.loop`).
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,8 @@ from torch import nn
 from gan_models.errors import GanOpsError
 from gan_models.io import atomic_write
 from gan_models.tricks import EMA, HistoricalAveraging
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 # Config sections whose change makes old weights meaningless for the new run.
@@ -52,17 +56,68 @@ def non_finite_entries(state: dict[str, Any]) -> list[str]:
     return bad
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def previous_of(path: Path) -> Path:
+    """Where the checkpoint `path` replaced is kept: `checkpoint.prev.pt` beside `checkpoint.pt`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path: Path, state: dict[str, Any], keep_previous: bool = True) -> None:
     """Write `state` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
 
-    An interrupted save leaves the previous checkpoint intact; a state holding non-finite values is
-    refused, so a diverged run can never overwrite a good checkpoint.
+    An interrupted save leaves the previous checkpoint intact, and the one it replaces is kept as
+    `previous_of(path)` (a checkpoint found corrupt later falls back to it: `resume_source`). A state
+    holding non-finite values is refused, so a diverged run never overwrites a good checkpoint; a full
+    disk (or any write error) is one `CheckpointError` naming the path, the old files untouched.
     """
+    path = Path(path)
     bad = non_finite_entries(state)
     if bad:
         raise CheckpointError(f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}")
-    with atomic_write(path) as f:
-        torch.save({"format_version": FORMAT_VERSION, **state}, f)
+    try:
+        if keep_previous and path.exists():  # a link (no copy of the bytes), renamed into place: atomic too
+            keep = path.with_name(f".{previous_of(path).name}.tmp-{os.getpid()}")
+            keep.unlink(missing_ok=True)
+            os.link(path, keep)
+            os.replace(keep, previous_of(path))
+            keep.unlink(missing_ok=True)  # rename leaves it where both already name the same file
+        with atomic_write(path) as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+
+
+def resume_source(path: Path) -> Path | None:
+    """The checkpoint a run in `path`'s directory resumes from: `path`, or where it is unreadable
+    (truncated, corrupt) and the previous one is sound, the previous one, with a warning naming both
+    (the unreadable file is kept as `<name>.corrupt`, so the next save does not rotate it into the
+    previous one's place); None where there is neither. A corrupt checkpoint with no sound previous
+    one is its error."""
+    path = Path(path)
+    previous = previous_of(path)
+    if not path.exists():
+        return previous if previous.exists() else None
+    try:
+        load_checkpoint(path)
+        return path
+    except CheckpointError as latest:
+        if not previous.exists():
+            raise
+        try:
+            state = load_checkpoint(previous)
+        except CheckpointError:
+            raise latest from None
+        kept = path.with_name(f"{path.name}.corrupt")
+        os.replace(path, kept)
+        logger.warning(
+            "%s; resuming from the previous checkpoint %s (epoch %s) instead (the unreadable one is kept "
+            "as %s)",
+            latest,
+            previous,
+            state["epoch"],
+            kept,
+        )
+        return previous
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

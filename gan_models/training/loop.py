@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from gan_models.config import Config, TrainConfig
 from gan_models.data.prepared import PreparedDataset
-from gan_models.errors import GanOpsError
-from gan_models.io import write_with
+from gan_models.errors import DatasetError, GanOpsError
+from gan_models.io import remove_stale_temporaries, write_with
 from gan_models.nets import build_models, family, sample_latent, split_modules
 from gan_models.nets.family import Objective
 from gan_models.nets.layers import trainable
@@ -200,7 +200,7 @@ def train(
     device = device or resolve_device(tc.device)
     out_dir = Path(out_dir)
     spec = family(cfg.model)
-    check_validation(cfg, dataset)
+    check_trainable(cfg, dataset, world_size)
 
     # Resume: read and check the checkpoint before building anything.
     saved = check_resume(cfg, dataset, resume) if resume else None
@@ -277,6 +277,8 @@ def train(
         cfg.model, tc
     )
     best_path = out_dir / BEST_NAME
+    if rank == 0:
+        remove_stale_temporaries(out_dir)  # what a writer killed mid-save (SIGKILL) left behind
     restored_best = Path(resume).parent / BEST_NAME if resume is not None else None
     if rank == 0 and restored_best is not None and restored_best.exists():
         if restored_best.resolve() != best_path.resolve():  # restored elsewhere (Ray): bring it along
@@ -386,7 +388,7 @@ def train(
             extra = hooks.extra_state() if hooks.extra_state else {}
             snapshot = state.state_dict(cfg.to_dict(), dataset.image_shape, dataset.num_classes, extra)
             if improved:
-                save_checkpoint(best_path, snapshot)
+                save_checkpoint(best_path, snapshot, keep_previous=False)
                 best = best_path
             if epoch % tc.checkpoint_every == 0 or last_epoch:
                 checkpoint = out_dir / CHECKPOINT_NAME
@@ -421,6 +423,21 @@ def train(
         result.published = _published(load_checkpoint(best_path))
         result.model_epoch = state.best["epoch"]
     return result
+
+
+def check_trainable(cfg: Config, dataset: PreparedDataset, world_size: int) -> None:
+    """What `train` would refuse in `cfg` for `dataset` on `world_size` ranks, checked by launchers before
+    anything starts (under Ray a user error raised in a worker would only be retried): the validation
+    split `train.eval_every` needs, and a full batch per rank."""
+    check_validation(cfg, dataset)
+    n = len(dataset.labels("train"))
+    if n < cfg.train.batch_size * world_size:
+        ranks = f" x {world_size} ranks (ray.num_workers)" if world_size > 1 else ""
+        raise DatasetError(
+            f"train.batch_size={cfg.train.batch_size}{ranks} needs at least "
+            f"{cfg.train.batch_size * world_size} training examples; the train split of {dataset.path} "
+            f"holds {n}: lower train.batch_size{' or ray.num_workers' if world_size > 1 else ''}, or prepare more data"
+        )
 
 
 def check_resume(cfg: Config, dataset: PreparedDataset, resume: Path) -> dict[str, Any]:

@@ -308,9 +308,25 @@ def test_every_family_trains_under_ddp(model: str, ray_cluster: None, tmp_path: 
 
 
 @pytest.mark.slow
-def test_diverged_ray_run_ends_failed_with_the_error(ray_cluster: None, tmp_path: Path, store: Path) -> None:
-    cfg = ray_config(tmp_path, store, "diverged", "train.lr_d=1e30", "train.lr_g=1e30", "ray.max_failures=0")
-    with pytest.raises(ClusterError, match="Ray Train run diverged failed"):
+@pytest.mark.timeout(300)  # without the fix, unlimited retries of the same divergence never end
+def test_a_diverged_ray_run_is_not_retried_and_ends_failed_with_the_error(
+    ray_cluster: None, tmp_path: Path, store: Path
+) -> None:
+    cfg = ray_config(tmp_path, store, "diverged", "train.lr_d=1e30", "train.lr_g=1e30", "ray.max_failures=-1")
+    with pytest.raises(
+        ClusterError, match=r"Ray Train run diverged failed: .*rank \d: training diverged at step 1"
+    ):
         launch(cfg, "diverged")
     run = only_run(cfg)
     assert run.info.status == "FAILED" and "diverged at step 1" in run.data.tags["error"]
+
+
+def test_a_dataset_smaller_than_a_batch_per_rank_is_refused_before_ray_starts(
+    tmp_path: Path, store: Path
+) -> None:
+    cfg = ray_config(tmp_path, store, "small", "train.batch_size=100")  # 120 images, 2 ranks
+    with pytest.raises(
+        DatasetError, match=r"train.batch_size=100 x 2 ranks \(ray.num_workers\) needs at least 200"
+    ):
+        launch(cfg, "small")
+    assert not ray.is_initialized()

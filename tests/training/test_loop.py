@@ -192,7 +192,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path: Path, 
         save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.prev.pt", "ck.pt"]  # no temporary left
 
 
 def test_rank_shards_are_disjoint_and_cover_the_epoch() -> None:
