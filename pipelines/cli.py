@@ -393,6 +393,18 @@ def sweep_cmd(
     )
 
 
+def check_timezone(name: str) -> None:
+    """Refuse a time zone name the IANA database does not know (e.g. "Europe/Pariss", "CEST")."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise GanOpsError(
+            f"--timezone {name!r} is not a time zone name (IANA, e.g. 'UTC', 'Europe/Paris')"
+        ) from None
+
+
 @app.command("schedule")
 def schedule_cmd(
     cron: Annotated[str, typer.Option(help='cron schedule, e.g. "0 3 * * 1" (Mondays 03:00)')],
@@ -410,6 +422,7 @@ def schedule_cmd(
     from pipelines.flows import retrain
 
     _config(config, overrides, dry_run=False)  # a bad config fails now, not at 3 a.m.
+    check_timezone(timezone)  # Prefect accepts any string here, and the schedule then never fires
     try:
         schedule = Cron(cron, timezone=timezone)
     except ValueError as e:

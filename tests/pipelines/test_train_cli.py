@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import GANOPS, run
+from tests.conftest import GANOPS, PROJECT, run
 
 TINY = [
     "--set",
@@ -85,3 +85,19 @@ def test_run_names_that_leave_the_output_folder_are_refused_before_any_work(
     with pytest.raises(GanOpsError, match=r"run name .*it names a folder"):
         train_local(cfg, name)  # the data does not exist either: the name is checked first
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ["--cron", "0 3 * * 1", "--timezone", "Europe/Pariss"],
+            "--timezone 'Europe/Pariss' is not a time zone",
+        ),
+        (["--cron", "0 3 * * 1", "--timezone", "../../etc/passwd"], "is not a time zone"),
+        (["--cron", "every monday"], "--cron 'every monday'"),
+    ],
+)
+def test_a_bad_schedule_is_one_clear_error_before_anything_is_served(args: list[str], says: str) -> None:
+    proc = run([*GANOPS, "schedule", *args], cwd=PROJECT, check=False)
+    assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
