@@ -179,6 +179,9 @@ def test_raycluster_has_the_fields_kuberay_requires() -> None:
     assert int(gpu_limits["nvidia.com/gpu"]) >= 1
     for role, template in pod_templates(cluster).items():
         assert template["spec"]["containers"][0]["image"] == IMAGE, role
+    # The dashboard (its Jobs API runs any code) listens on all interfaces: only with Ray's token.
+    assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    assert cluster["spec"]["authOptions"] == {"mode": "token"}
 
 
 def test_rayjob_has_the_fields_kuberay_requires_and_runs_on_the_raycluster() -> None:
