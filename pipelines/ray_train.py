@@ -31,7 +31,14 @@ from gan_models.errors import GanOpsError
 from gan_models.training.loop import BEST_NAME, CHECKPOINT_NAME, EpochReport
 from pipelines.quiet import environ, quiet
 from pipelines.tracking import EXTRA_KEY, TrackingTarget, mark_failed
-from pipelines.train import Preflight, check_run_name, preflight, run_name_for, run_training
+from pipelines.train import (
+    Preflight,
+    check_run_name,
+    preflight,
+    publish_unpublished,
+    run_name_for,
+    run_training,
+)
 
 RAY_AUTH_NOTICE = "ray._private.authentication.authentication_token_setup"
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
@@ -277,6 +284,8 @@ def launch(cfg: Config, run_name: str | None = None, project: Path | None = None
     dataset, checks = preflight(cfg, project, cfg.ray.num_workers)
     name = run_name or run_name_for(cfg, dataset)
     done = finished_epochs(cfg.ray.storage_path, name, cfg.train.epochs)
+    if done >= cfg.train.epochs and (published := publish_finished(cfg, name, dataset, checks)):
+        return published
     if done >= cfg.train.epochs:
         return f"{name}: already trained for {done} epochs (Ray run {cfg.ray.storage_path}/{name})"
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
@@ -299,6 +308,19 @@ def launch(cfg: Config, run_name: str | None = None, project: Path | None = None
         f"workers, loss_d {metrics.get('d_loss', float('nan')):.4f}, loss_g "
         f"{metrics.get('g_loss', float('nan')):.4f}; checkpoint {result.checkpoint.path if result.checkpoint else None}"
     )
+
+
+def publish_finished(cfg: Config, name: str, dataset: PreparedDataset, checks: Preflight) -> str | None:
+    """`publish_unpublished` for Ray run `name`: from its latest committed checkpoint, without Ray."""
+    from ray.train import Result
+
+    with quiet("ray.train", level=logging.WARNING):
+        checkpoint = Result.from_path(f"{cfg.ray.storage_path.rstrip('/')}/{name}").checkpoint
+    if checkpoint is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="ganops-publish-") as staging:
+        checkpoint.to_directory(staging)
+        return publish_unpublished(cfg, name, dataset, checks, Path(staging) / CHECKPOINT_NAME)
 
 
 def train_worker(config: dict[str, Any]) -> None:

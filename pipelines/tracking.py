@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import tempfile
+import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ from gan_models.training.loop import TrainResult
 from pipelines.quiet import MLFLOW_NOTICES, environ, quiet
 
 DEFAULT_DB = "mlruns.db"
+logger = logging.getLogger(__name__)
+
 RUN_NAME_TAG = "ganops.run_name"
 EXTRA_KEY = "mlflow_run_id"  # the key of the run id in a checkpoint's extra state
 LOSS_METRICS = ("d_loss", "g_loss")
@@ -58,9 +63,9 @@ def resolve_target(cfg: TrackingConfig, project: Path | None = None) -> Tracking
     return TrackingTarget(uri, cfg.experiment, artifacts)
 
 
-def _fail_fast() -> contextlib.AbstractContextManager[None]:
-    """One HTTP attempt with a short timeout, instead of MLflow's default minutes of retries."""
-    return environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+def _fail_fast(timeout_s: int = 10) -> contextlib.AbstractContextManager[None]:
+    """One HTTP attempt with a timeout, instead of MLflow's default minutes of retries."""
+    return environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_s))
 
 
 def ensure_experiment(target: TrackingTarget) -> str:
@@ -104,6 +109,25 @@ def find_run(target: TrackingTarget, run_name: str, unfinished: bool = False) ->
     if run is None or (unfinished and run.info.status == "FINISHED"):
         return None
     return run.info.run_id
+
+
+def run_status(target: TrackingTarget, run_id: str) -> str | None:
+    """The status of run `run_id` (RUNNING, FINISHED, FAILED, KILLED), None if the store has no such run."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _fail_fast():
+            return mlflow.MlflowClient(target.uri).get_run(run_id).info.status
+    except MlflowException:
+        return None
+
+
+def logged_epochs(target: TrackingTarget, run_id: str, metric: str = "d_loss") -> set[int]:
+    """The epochs at which run `run_id` has `metric`."""
+    import mlflow
+
+    return {m.step for m in mlflow.MlflowClient(target.uri).get_metric_history(run_id, metric)}
 
 
 def finished_run(target: TrackingTarget, key: str, manifest_sha256: str) -> str | None:
@@ -172,12 +196,44 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+# Seconds between the attempts of a tracking write: one epoch's metrics wait about 7 s for a hiccup of
+# the store (a locked SQLite file, a restarting server); the end of a training about 2 minutes.
+EPOCH_RETRIES = (0.5, 1.0, 2.0, 4.0)
+FINISH_RETRIES = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+
+
+def retrying(write: Callable[[], Any], delays: tuple[float, ...], what: str) -> Any:
+    """`write()`, again after each delay while it raises; the last error is raised as it is."""
+    for delay in (*delays, None):
+        try:
+            # Our schedule, not MLflow's minutes of HTTP retries per attempt; time for an upload.
+            with _fail_fast(timeout_s=120):
+                return write()
+        except Exception as e:  # MLflow raises several types (connection, HTTP status, database locked)
+            if delay is None:
+                raise
+            logger.info("%s failed (%s); again in %.1f s", what, _first_line(e), delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 class RunTracker:
-    """The MLflow run of one training; it is the process's active run until `finish` or `fail`."""
+    """The MLflow run of one training; it is the process's active run until `finish` or `fail`.
+
+    Epoch metrics survive a tracking store that is away for a while: each write is retried
+    (`EPOCH_RETRIES`); an epoch that still cannot be written is kept, training goes on, and the next
+    epoch (or `finish`) writes everything kept, in order.
+    """
 
     def __init__(self, target: TrackingTarget, run_id: str) -> None:
         self.target = target
         self.run_id = run_id
+        self.pending: list[tuple[int, int | None, dict[str, float], Path | None]] = []
+        self._warned = False
 
     @classmethod
     def start(
@@ -222,42 +278,92 @@ class RunTracker:
         mlflow.set_tags(tags)
 
     def log_epoch(self, epoch: int, step: int, metrics: dict[str, float], samples: Path | None) -> None:
-        """Metrics at step `epoch`, and the epoch's sample grid as an image."""
+        """Metrics at step `epoch`, and the epoch's sample grid as an image (with the epochs kept from
+        earlier, where the store was away); kept for later if the store stays away."""
+        self.pending.append((epoch, step, metrics, samples))
+        try:
+            self.flush(EPOCH_RETRIES)
+        except Exception as e:
+            if not self._warned:
+                logger.warning(
+                    "MLflow tracking at %s is unreachable (%s): training goes on, and epoch %d's metrics "
+                    "are kept and written once it answers",
+                    self.target.uri,
+                    _first_line(e),
+                    epoch,
+                )
+                self._warned = True
+
+    def flush(self, delays: tuple[float, ...]) -> None:
+        """Write the kept epochs, oldest first; each one leaves the queue once written."""
         import mlflow
+        from mlflow.entities import Metric
         from PIL import Image
 
-        mlflow.log_metrics({**metrics, "optimizer_step": float(step)}, step=epoch)
-        if samples is not None:
-            with Image.open(samples) as image:
-                mlflow.log_image(image.convert("RGB"), key="samples", step=epoch)
+        client = mlflow.MlflowClient(self.target.uri)
+        while self.pending:
+            epoch, step, metrics, samples = self.pending[0]
+            values = metrics | ({"optimizer_step": float(step)} if step is not None else {})
+            stamp = int(time.time() * 1000)
+            batch = [Metric(k, float(v), stamp, epoch) for k, v in values.items()]
+
+            def write(epoch: int = epoch, batch: list = batch, samples: Path | None = samples) -> None:
+                # The client with an explicit run id: a retry after a lost connection writes the same run.
+                client.log_batch(self.run_id, metrics=batch)
+                if samples is not None and samples.exists():
+                    with Image.open(samples) as image:
+                        client.log_image(self.run_id, image.convert("RGB"), key="samples", step=epoch)
+
+            retrying(write, delays, f"logging epoch {epoch} to MLflow")
+            self.pending.pop(0)
+        if self._warned:
+            logger.warning(
+                "MLflow tracking at %s answers again: the kept epochs are written", self.target.uri
+            )
+            self._warned = False
 
     def finish(self, cfg: Config, result: TrainResult, dataset: PreparedDataset) -> None:
-        """Loss curves, the final models (generator, classifier), and status FINISHED."""
+        """The kept epochs, loss curves, the final models (generator, classifier), and status FINISHED.
+
+        Each write is retried for about 2 minutes while the store is away (`FINISH_RETRIES`), one by one,
+        so a retry repeats no model that was already logged.
+        """
         import mlflow
 
         from pipelines.model_packaging import kinds, log_model
 
-        mlflow.log_figure(self._loss_figure(), "loss_curves.png")
-        mlflow.log_text(cfg.to_yaml(), "config.yaml")  # the resolved config that finished the training
+        def step(what: str, write: Callable[[], Any]) -> None:
+            retrying(write, FINISH_RETRIES, f"{what} (MLflow)")
+
+        self.flush(FINISH_RETRIES)
+        step("logging the loss curves", lambda: mlflow.log_figure(self._loss_figure(), "loss_curves.png"))
+        # The resolved config that finished the training.
+        step("logging config.yaml", lambda: mlflow.log_text(cfg.to_yaml(), "config.yaml"))
         if cfg.tracking.log_models:
             with tempfile.TemporaryDirectory(prefix="ganops-models-") as workdir:
                 for kind in kinds(cfg.model):
-                    log_model(
-                        kind,
-                        cfg.model,
-                        dataset.image_shape,
-                        dataset.num_classes,
-                        result.averaged,
-                        Path(workdir),
+                    step(
+                        f"logging the {kind} model",
+                        lambda kind=kind: log_model(
+                            kind,
+                            cfg.model,
+                            dataset.image_shape,
+                            dataset.num_classes,
+                            result.averaged,
+                            Path(workdir),
+                        ),
                     )
-        mlflow.set_tag("final_step", str(result.step))
         # Which weights the logged models hold, and why training ended where it did.
         selection = "best" if result.published is not None else "last"
-        mlflow.set_tags({"model_selection": selection, "model_epoch": str(result.model_epoch)})
-        if result.best:
-            mlflow.set_tags({f"best_{k}": str(v) for k, v in result.best.items()})
-        mlflow.set_tag("stop_reason", result.stop_reason or f"completed {result.epoch} epochs")
-        mlflow.end_run("FINISHED")
+        tags = {
+            "final_step": str(result.step),
+            "model_selection": selection,
+            "model_epoch": str(result.model_epoch),
+        }
+        tags |= {f"best_{k}": str(v) for k, v in (result.best or {}).items()}
+        tags["stop_reason"] = result.stop_reason or f"completed {result.epoch} epochs"
+        step("tagging the run", lambda: mlflow.set_tags(tags))
+        step("ending the run", lambda: mlflow.end_run("FINISHED"))
 
     def fail(self, error: BaseException) -> None:
         """Record `error` (message as a tag, traceback as error.txt) and end the run FAILED."""

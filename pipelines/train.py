@@ -39,6 +39,7 @@ from gan_models.training.loop import (
     resolve_channels_last,
     resolve_device,
     resolve_precision,
+    result_from_checkpoint,
     train,
 )
 from pipelines.tracking import (
@@ -46,8 +47,10 @@ from pipelines.tracking import (
     RunTracker,
     TrackingTarget,
     ensure_experiment,
+    logged_epochs,
     mark_failed,
     resolve_target,
+    run_status,
     source_tags,
     training_key,
 )
@@ -182,6 +185,31 @@ def run_training(
     return result
 
 
+def publish_unpublished(
+    cfg: Config, run_name: str, dataset: PreparedDataset, checks: Preflight, checkpoint: Path
+) -> str | None:
+    """Where a finished training's MLflow run never got its models (tracking failed at its end, or the
+    process died there), log them now from `checkpoint`, with any epoch metrics the run lacks, and
+    finish the run, without training. The summary, or None where the run is complete (or untracked)."""
+    run_id = read_resume_info(checkpoint).extra.get(EXTRA_KEY)
+    if checks.target is None or not run_id or run_status(checks.target, run_id) in (None, "FINISHED"):
+        return None
+    result = result_from_checkpoint(cfg, dataset, checkpoint)
+    tracker = RunTracker.start(checks.target, cfg, run_name, checks.tags, run_id=run_id)
+    logged = logged_epochs(checks.target, run_id)
+    samples = Path(cfg.train.output_dir) / run_name / "samples"
+    for entry in result.history:
+        if entry["epoch"] not in logged:
+            grid = samples / f"epoch_{int(entry['epoch']):04d}.png"
+            metrics = {k: v for k, v in entry.items() if k != "epoch"}
+            tracker.pending.append((int(entry["epoch"]), None, metrics, grid if grid.exists() else None))
+    tracker.finish(cfg, result, dataset)
+    return (
+        f"{run_name}: trained for {result.epoch} epochs already; its models are now logged to MLflow run "
+        f"{run_id} (nothing retrained)"
+    )
+
+
 class EpochLine:
     """One line per epoch from rank 0: epoch, losses, accuracy, images/s and the time left."""
 
@@ -213,6 +241,10 @@ def train_local(cfg: Config, run_name: str | None = None, project: Path | None =
     checkpoint = run_dir / CHECKPOINT_NAME
     resume = resume_source(checkpoint)  # the previous checkpoint where the latest is unreadable
     info = read_resume_info(resume or checkpoint)
+    if info.finished(cfg.train.epochs) and resume is not None:
+        published = publish_unpublished(cfg, name, dataset, checks, resume)
+        if published is not None:
+            return published
     if info.finished(cfg.train.epochs):
         why = f"; {info.stop_reason}" if info.stop_reason else ""
         return f"{run_dir}: already trained for {info.epoch} epochs (checkpoint {checkpoint}){why}"

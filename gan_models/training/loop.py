@@ -449,6 +449,34 @@ def check_resume(cfg: Config, dataset: PreparedDataset, resume: Path) -> dict[st
     return saved
 
 
+def result_from_checkpoint(cfg: Config, dataset: PreparedDataset, path: Path) -> TrainResult:
+    """The `TrainResult` a finished training at checkpoint `path` returned (its networks, EMA weights,
+    and the weights to publish under `train.keep`), rebuilt without training: for publishing a run
+    whose models never reached the tracking store."""
+    saved = check_resume(cfg, dataset, path)
+    torch.manual_seed(cfg.seed)
+    models = build_models(cfg.model, dataset.image_shape, dataset.num_classes)
+    for name, module in models.items():
+        module.load_state_dict(saved["models"][name])
+    ema = {}
+    for name, state in saved["ema"].items():
+        ema[name] = EMA(models[name], cfg.train.ema_decay, warmup=True)
+        ema[name].load_state_dict(state)
+    result = TrainResult(
+        int(saved["epoch"]), int(saved["step"]), list(saved["history"]), models, ema, Path(path)
+    )
+    result.best, result.stop_reason, result.model_epoch = (
+        saved.get("best"),
+        saved.get("stop_reason"),
+        result.epoch,
+    )
+    best_path = Path(path).parent / BEST_NAME
+    if cfg.train.keep == "best" and result.best and best_path.exists():
+        result.published = _published(load_checkpoint(best_path))
+        result.model_epoch = result.best["epoch"]
+    return result
+
+
 def _published(saved: dict[str, Any]) -> dict[str, dict[str, Tensor]]:
     """Each network's weights from a checkpoint, with its EMA weights where it has them."""
     weights = {name: dict(sd) for name, sd in saved["models"].items()}

@@ -5,6 +5,7 @@ Real MLflow on a SQLite store in a temporary directory; each test uses its own e
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -209,3 +210,64 @@ def test_resuming_with_another_architecture_leaves_the_finished_run_untouched(
     (after,) = runs_of(cfg)  # the run the checkpoint names: not reopened, tagged or failed
     assert after.info.status == "FINISHED" and after.info.end_time == before.info.end_time
     assert after.data.tags == before.data.tags
+
+
+def test_a_tracking_server_away_for_an_epoch_costs_no_metric_and_training_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipelines.train import preflight, run_training
+    from tests.conftest import PROJECT
+    from tests.services import free_port, start_mlflow, stop
+
+    port = free_port()
+    root = tmp_path / "server"
+    root.mkdir()
+    server = [start_mlflow(root, port)]
+    cfg = local_config(tmp_path, root, "away", "model.name=dcgan", "train.epochs=3")
+    cfg.tracking.uri = f"http://127.0.0.1:{port}"
+    dataset, checks = preflight(cfg, PROJECT)
+
+    def outage(epoch_report, metrics, run_id) -> None:  # noqa: ANN001
+        if epoch_report.epoch == 1:
+            stop(server[0])  # away while epoch 2 is logged (its retries give up) ...
+        elif epoch_report.epoch == 2:
+            server[0] = start_mlflow(root, port)  # ... back before epoch 3
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="pipelines.tracking"):
+            result = run_training(cfg, "away", dataset, checks, report=outage)
+        assert result.epoch == 3
+        (run,) = runs_of(cfg)
+        history = mlflow.MlflowClient(cfg.tracking.uri).get_metric_history(run.info.run_id, "d_loss")
+        assert run.info.status == "FINISHED" and sorted(m.step for m in history) == [1, 2, 3]
+        assert "is unreachable" in caplog.text and "epoch 2's metrics are kept" in caplog.text
+    finally:
+        stop(server[0])
+
+
+def test_a_training_whose_end_never_reached_mlflow_is_published_by_the_next_launch_without_retraining(
+    tmp_path: Path, store: Path
+) -> None:
+    from pipelines.train import preflight, run_training
+
+    cfg = local_config(tmp_path, store, "unpublished", "model.name=ssgan", "train.epochs=2")
+    dataset, checks = preflight(cfg, tmp_path)
+
+    def dies_at_the_end(epoch_report, metrics, run_id) -> None:  # noqa: ANN001
+        if epoch_report.epoch == 2:  # after the final checkpoint, before the models are logged
+            raise ConnectionError("the tracking server went away")
+
+    with pytest.raises(ConnectionError):
+        run_training(cfg, "r", dataset, checks, report=dies_at_the_end)
+    (run,) = runs_of(cfg)
+    assert run.info.status == "FAILED"
+
+    summary = train_local(cfg, "r")
+    assert "its models are now logged" in summary and "nothing retrained" in summary
+    (run,) = runs_of(cfg)
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    assert run.info.status == "FINISHED" and run.data.tags["previous_error"].startswith("ConnectionError")
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "d_loss")) == [1, 2]  # once each
+    models = client.search_logged_models([run.info.experiment_id])
+    assert sorted(m.name for m in models) == ["classifier", "generator"]
+    assert "already trained for 2 epochs" in train_local(cfg, "r")  # and now it is complete
