@@ -28,7 +28,7 @@ from gan_models.config import Config
 from gan_models.data.prepare import open_verified, prepared_path
 from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import GanOpsError
-from gan_models.training.loop import BEST_NAME, CHECKPOINT_NAME, EpochReport
+from gan_models.training.loop import BEST_NAME, CHECKPOINT_NAME, EpochReport, check_trainable
 from pipelines.quiet import environ, quiet
 from pipelines.tracking import EXTRA_KEY, TrackingTarget, mark_failed
 from pipelines.train import (
@@ -281,7 +281,7 @@ def launch(cfg: Config, run_name: str | None = None, project: Path | None = None
     if run_name is not None:
         check_run_name(run_name)  # before any work
     cfg = absolute_paths(cfg, project)
-    dataset, checks = preflight(cfg, project, cfg.ray.num_workers)
+    dataset, checks = preflight(cfg, project)
     name = run_name or run_name_for(cfg, dataset)
     done = finished_epochs(cfg.ray.storage_path, name, cfg.train.epochs)
     if done >= cfg.train.epochs and (published := publish_finished(cfg, name, dataset, checks)):
@@ -292,6 +292,9 @@ def launch(cfg: Config, run_name: str | None = None, project: Path | None = None
     if address is None and not ray.is_initialized():
         local = local_resources()
         check_resources(cfg, wants_gpu(cfg, local["GPU"]), local, "this machine")
+    check_trainable(
+        cfg, dataset, cfg.ray.num_workers
+    )  # a batch per rank; retried forever under Ray otherwise
 
     with ray_session(cfg) as available:
         use_gpu = wants_gpu(cfg, available.get("GPU", 0))

@@ -91,6 +91,11 @@ def _corrupt(cfg: Config) -> None:
         ),
         (["data.dataset=cifar10"], DatasetError, r"manifest.json: missing"),
         (["corrupt"], DatasetError, r"failed verification:\n.*train_images.npy: sha256 differs"),
+        (  # 120 images: not one batch of 100 on each of 2 ranks (retried forever under Ray otherwise)
+            ["train.batch_size=100"],
+            DatasetError,
+            r"train.batch_size=100 x 2 ranks \(ray.num_workers\) needs at least 200 training examples",
+        ),
     ],
 )
 def test_bad_inputs_fail_before_ray_starts(
@@ -314,19 +319,9 @@ def test_a_diverged_ray_run_is_not_retried_and_ends_failed_with_the_error(
 ) -> None:
     cfg = ray_config(tmp_path, store, "diverged", "train.lr_d=1e30", "train.lr_g=1e30", "ray.max_failures=-1")
     with pytest.raises(
-        ClusterError, match=r"Ray Train run diverged failed: .*rank \d: training diverged at step 1"
+        ClusterError,
+        match=r"Ray Train run diverged failed: (.|\n)*rank \d: training diverged at step \d+: .*not retried",
     ):
         launch(cfg, "diverged")
     run = only_run(cfg)
-    assert run.info.status == "FAILED" and "diverged at step 1" in run.data.tags["error"]
-
-
-def test_a_dataset_smaller_than_a_batch_per_rank_is_refused_before_ray_starts(
-    tmp_path: Path, store: Path
-) -> None:
-    cfg = ray_config(tmp_path, store, "small", "train.batch_size=100")  # 120 images, 2 ranks
-    with pytest.raises(
-        DatasetError, match=r"train.batch_size=100 x 2 ranks \(ray.num_workers\) needs at least 200"
-    ):
-        launch(cfg, "small")
-    assert not ray.is_initialized()
+    assert run.info.status == "FAILED" and "training diverged at step" in run.data.tags["error"]
