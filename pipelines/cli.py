@@ -23,6 +23,28 @@ app.add_typer(data_app, name="data")
 registry_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(
+            f"ganops {version('ganops')} (torch {version('torch')}, ray {version('ray')}, "
+            f"mlflow {version('mlflow')}, prefect {version('prefect')}, dvc {version('dvc')})"
+        )
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="print the versions and exit"),
+    ] = False,
+) -> None:
+    """GAN training pipeline: versioned data (DVC), training (Ray Train), tracking (MLflow), flows (Prefect)."""
+
+
 ConfigOpt = Annotated[
     Path, typer.Option("--config", "-c", help="params file (missing default: embedded defaults)")
 ]

@@ -101,3 +101,10 @@ def test_run_names_that_leave_the_output_folder_are_refused_before_any_work(
 def test_a_bad_schedule_is_one_clear_error_before_anything_is_served(args: list[str], says: str) -> None:
     proc = run([*GANOPS, "schedule", *args], cwd=PROJECT, check=False)
     assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_version_names_the_package_and_its_stack() -> None:
+    from importlib.metadata import version
+
+    out = run([*GANOPS, "--version"], cwd=PROJECT).stdout
+    assert out.startswith(f"ganops {version('ganops')} (torch {version('torch')}, ray {version('ray')}")
