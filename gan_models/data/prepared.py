@@ -119,8 +119,16 @@ def write_prepared(
             "params": params,
             "files": files,
         }
+        manifest["digest"] = manifest_digest(manifest)
         write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return PreparedDataset.open(out_dir)
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """The sha256 of a manifest's content without its own `digest` field (canonical JSON): the files'
+    hashes cover the arrays, this covers what the manifest says of them (classes, label split, ...)."""
+    content = {k: v for k, v in manifest.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def verify_prepared(path: Path) -> list[str]:
@@ -135,6 +143,12 @@ def verify_prepared(path: Path) -> list[str]:
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         return [f"{manifest_path}: unreadable manifest ({e})"]
     problems = []
+    # Manifests written before the digest existed have none; every one written since is checked.
+    if "digest" in manifest and manifest["digest"] != manifest_digest(manifest):
+        problems.append(
+            f"{manifest_path}: edited after it was written (its digest no longer matches its content): "
+            "restore it (`ganops data pull`) or prepare the data again"
+        )
     for name, info in sorted(expected.items()):
         file = path / name
         if not file.is_file():

@@ -97,6 +97,16 @@ def test_verify_names_changed_missing_and_unexpected_files(tmp_path: Path) -> No
     assert any("stray.txt: not listed" in p for p in problems)
 
 
+def test_a_hand_edited_manifest_fails_verification(tmp_path: Path) -> None:
+    ds = _write(tmp_path / "toy")
+    manifest_path = ds.path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["class_names"][0] = "zero"  # the arrays still match their hashes
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (problem,) = verify_prepared(ds.path)
+    assert "manifest.json: edited after it was written" in problem
+
+
 def test_unlabeled_dataset_has_no_label_split(tmp_path: Path) -> None:
     images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
     raw = RawDataset({"train": (images, np.full(4, -1))}, [])
