@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -273,12 +274,46 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
+        """The whole config, credentials in URIs included: for a child process, never for a record."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """`to_dict` with the credentials in its strings replaced by `***` (`redact_secrets`): what run
+        records (MLflow params, the logged and the run folder's config.yaml) hold."""
+        return _redacted(self.to_dict())
+
+    def to_public_yaml(self) -> str:
+        return yaml.safe_dump(self.to_public_dict(), sort_keys=False)
 
     def hash(self) -> str:
         """A short stable hash of the resolved config (sorted JSON)."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# scheme://user:password@host (the password), and ?token=... style query secrets.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<secret>[^/@\s]+)@")
+_QUERY_SECRET = re.compile(
+    r"(?i)(?P<key>\b(?:password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key|sig|signature))="
+    r"(?P<value>[^&\s'\"]+)"
+)
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with the passwords of `scheme://user:password@host` URIs and the values of secret-looking
+    query parameters (`token=`, `password=`, `sig=`, ...) replaced by `***`."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['key']}=***", text)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_secrets(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from gan_models.config import DEFAULT_PARAMS, Config, load_config
+from gan_models.config import DEFAULT_PARAMS, Config, load_config, redact_secrets
 from gan_models.errors import GanOpsError
 
 app = typer.Typer(
@@ -65,7 +65,7 @@ def _prefect_defaults() -> None:
 def _config(config: Path, overrides: list[str] | None, dry_run: bool) -> Config:
     cfg = load_config(config, overrides or [])
     if dry_run:
-        typer.echo(cfg.to_yaml(), nl=False)
+        typer.echo(cfg.to_public_yaml(), nl=False)
         raise typer.Exit(0)
     return cfg
 
@@ -471,5 +471,5 @@ def main() -> None:
     try:
         app()
     except GanOpsError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {redact_secrets(str(e))}", err=True)
         sys.exit(2)

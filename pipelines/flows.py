@@ -16,7 +16,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
-from gan_models.config import DEFAULT_PARAMS, Config, load_config
+from gan_models.config import DEFAULT_PARAMS, Config, load_config, redact_secrets
 from gan_models.data.prepared import MANIFEST, sha256_file
 from gan_models.errors import GanOpsError
 from pipelines.tracking import ensure_experiment, finished_run, resolve_target, training_key
@@ -92,7 +92,9 @@ def run_id_task(cfg: Config, project: Path, run_name: str) -> str:
     target = resolve_target(cfg.tracking, project)
     run_id = find_run(target, run_name)
     if run_id is None:
-        raise GanOpsError(f"training {run_name} finished but left no MLflow run in {target.uri}")
+        raise GanOpsError(
+            f"training {run_name} finished but left no MLflow run in {redact_secrets(target.uri)}"
+        )
     return run_id
 
 
@@ -126,12 +128,14 @@ def promote_task(cfg: Config, project: Path, run_id: str) -> dict[str, Any]:
 
 
 def _run_link(uri: str, run_id: str) -> str:
+    """A Markdown link to the run (an artifact in Prefect's UI): the store's credentials left out."""
+    shown = redact_secrets(uri)
     if uri.startswith("http"):
         import mlflow
 
         experiment = mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
-        return f"[{run_id}]({uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id})"
-    return f"`{run_id}` (store `{uri}`)"
+        return f"[{run_id}]({shown.rstrip('/')}/#/experiments/{experiment}/runs/{run_id})"
+    return f"`{run_id}` (store `{shown}`)"
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

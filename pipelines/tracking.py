@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gan_models.config import Config, TrackingConfig
+from gan_models.config import Config, TrackingConfig, redact_secrets
 from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
 from gan_models.errors import GanOpsError
 from gan_models.training.loop import TrainResult
@@ -253,7 +253,7 @@ class RunTracker:
         # before the first checkpoint); a finished one stays as it is and a new run starts.
         run_id = run_id or find_run(target, run_name, unfinished=True)
         client = mlflow.MlflowClient(target.uri)
-        params = flatten(cfg.to_dict())
+        params = flatten(cfg.to_public_dict())  # no credential of a URI in the params
         if run_id is None:
             tags = {RUN_NAME_TAG: run_name, TRAINING_KEY_TAG: training_key(cfg), **tags}
             run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
@@ -338,7 +338,7 @@ class RunTracker:
         self.flush(FINISH_RETRIES)
         step("logging the loss curves", lambda: mlflow.log_figure(self._loss_figure(), "loss_curves.png"))
         # The resolved config that finished the training.
-        step("logging config.yaml", lambda: mlflow.log_text(cfg.to_yaml(), "config.yaml"))
+        step("logging config.yaml", lambda: mlflow.log_text(cfg.to_public_yaml(), "config.yaml"))
         if cfg.tracking.log_models:
             with tempfile.TemporaryDirectory(prefix="ganops-models-") as workdir:
                 for kind in kinds(cfg.model):
@@ -370,8 +370,8 @@ class RunTracker:
         import mlflow
 
         with contextlib.suppress(Exception):  # the original error matters more than a logging failure
-            mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:4000])
-            mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
+            mlflow.set_tag("error", redact_secrets(f"{type(error).__name__}: {error}")[:4000])
+            mlflow.log_text(redact_secrets("".join(traceback.format_exception(error))), "error.txt")
         mlflow.end_run("FAILED")
 
     def _loss_figure(self) -> Any:
@@ -414,7 +414,7 @@ def mark_failed(target: TrackingTarget, run_name: str, error: BaseException) -> 
         run_id = find_run(target, run_name)
         client = mlflow.MlflowClient(target.uri)
         if run_id and client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:4000])
+            client.set_tag(run_id, "error", redact_secrets(f"{type(error).__name__}: {error}")[:4000])
             client.set_terminated(run_id, "FAILED")
 
 

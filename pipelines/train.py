@@ -129,7 +129,7 @@ def run_training(
         extra = check_resume(cfg, dataset, resume).get("extra", {})
     tracker = None
     if rank == 0:
-        write_text(out_dir / "config.yaml", cfg.to_yaml())
+        write_text(out_dir / "config.yaml", cfg.to_public_yaml())
         if checks.target is not None:  # the run id in the checkpoint continues the same MLflow run
             tracker = RunTracker.start(checks.target, cfg, run_name, checks.tags, run_id=extra.get(EXTRA_KEY))
             # What `auto` chose on this machine (the same function the loop applies).
