@@ -232,14 +232,17 @@ def promote_cmd(
 
 def _run_id(cfg: Config, run: str | None, run_name: str | None) -> str:
     """The run id given, or the latest run of the given name."""
-    from pipelines.tracking import find_run, resolve_target
+    from pipelines.tracking import find_run, reaching, resolve_target
+    from pipelines.train import check_run_name
 
     if (run is None) == (run_name is None):
         raise GanOpsError("give exactly one of --run RUN_ID and --run-name NAME")
     if run is not None:
         return run
+    check_run_name(run_name)  # type: ignore[arg-type]  # it goes into an MLflow filter string
     target = resolve_target(cfg.tracking)
-    found = find_run(target, run_name)  # type: ignore[arg-type]
+    with reaching(target.uri):
+        found = find_run(target, run_name)  # type: ignore[arg-type]
     if found is None:
         raise GanOpsError(
             f"no MLflow run named {run_name!r} in experiment {target.experiment!r} at {target.uri}"
@@ -255,8 +258,11 @@ def rollback_cmd(
 ) -> None:
     """Restore the `previous` version as `champion`."""
     from pipelines.promotion import rollback
+    from pipelines.tracking import reaching, resolve_target
 
-    result = rollback(name, _config(config, overrides, dry_run=False))
+    cfg = _config(config, overrides, dry_run=False)
+    with reaching(resolve_target(cfg.tracking).uri):
+        result = rollback(name, cfg)
     typer.echo(f"{result.name}: champion is version {result.version} again ({result.decision.reason})")
 
 
@@ -268,10 +274,12 @@ def registry_history(
 ) -> None:
     """Every promotion decision for NAME, oldest first: action, version, reason, numbers."""
     from pipelines.registry import Registry
-    from pipelines.tracking import resolve_target
+    from pipelines.tracking import reaching, resolve_target
 
     cfg = _config(config, overrides, dry_run=False)
-    events = Registry(resolve_target(cfg.tracking).uri).history(name)
+    uri = resolve_target(cfg.tracking).uri
+    with reaching(uri):
+        events = Registry(uri).history(name)
     if not events:
         typer.echo(f"{name}: no decisions recorded")
     for e in events:
@@ -290,12 +298,15 @@ def registry_show(
 ) -> None:
     """The versions of NAME with their aliases, runs and metrics."""
     from pipelines.registry import Registry
-    from pipelines.tracking import resolve_target
+    from pipelines.tracking import reaching, resolve_target
 
     cfg = _config(config, overrides, dry_run=False)
-    registry = Registry(resolve_target(cfg.tracking).uri)
-    registry.require_model(name)
-    for mv in sorted(registry.client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
+    uri = resolve_target(cfg.tracking).uri
+    with reaching(uri):
+        registry = Registry(uri)
+        registry.require_model(name)
+        versions = registry.client.search_model_versions(f"name = '{name}'")
+    for mv in sorted(versions, key=lambda v: int(v.version)):
         aliases = ",".join(mv.aliases) or "-"
         metrics = ", ".join(
             f"{k.removeprefix('metric.')}={float(v):.4g}"
@@ -318,8 +329,11 @@ def sample_cmd(
 ) -> None:
     """Write a grid of images from a registered generator."""
     from pipelines.sample import sample
+    from pipelines.tracking import reaching, resolve_target
 
-    path = sample(model, n, out, _config(config, overrides, dry_run=False), seed)
+    cfg = _config(config, overrides, dry_run=False)
+    with reaching(resolve_target(cfg.tracking).uri):
+        path = sample(model, n, out, cfg, seed)
     typer.echo(f"wrote {n} samples from {model} to {path}")
 
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,20 @@ def resolve_target(cfg: TrackingConfig, project: Path | None = None) -> Tracking
 def _fail_fast(timeout_s: int = 10) -> contextlib.AbstractContextManager[None]:
     """One HTTP attempt with a timeout, instead of MLflow's default minutes of retries."""
     return environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_s))
+
+
+@contextlib.contextmanager
+def reaching(uri: str) -> Iterator[None]:
+    """For commands that talk to the store and nothing else: one HTTP attempt per call (not MLflow's
+    minutes of retries), and an error from the store as one `TrackingError` naming it."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    try:
+        with _fail_fast():
+            yield
+    except (MlflowException, RequestException) as e:
+        raise TrackingError(f"MLflow tracking at {uri} is unreachable or failed: {_first_line(e)}") from None
 
 
 def ensure_experiment(target: TrackingTarget) -> str:

@@ -108,3 +108,29 @@ def test_version_names_the_package_and_its_stack() -> None:
 
     out = run([*GANOPS, "--version"], cwd=PROJECT).stdout
     assert out.startswith(f"ganops {version('ganops')} (torch {version('torch')}, ray {version('ray')}")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["rollback", "m"],
+        ["registry", "history", "m"],
+        ["registry", "show", "m"],
+        ["sample", "--model", "m@champion", "--out", "never.png"],
+        ["evaluate", "--run-name", "r"],
+    ],
+)
+def test_an_unreachable_tracking_server_is_one_clear_error(command: list[str], tmp_path: Path) -> None:
+    # Port 9 (discard) refuses: MLflow's own retries would take minutes, then print a traceback.
+    proc = run([*GANOPS, *command, "--set", "tracking.uri=http://127.0.0.1:9"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        "MLflow tracking at http://127.0.0.1:9 is unreachable" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
+    assert not (tmp_path / "never.png").exists()
+
+
+def test_a_run_name_that_would_reach_into_an_mlflow_filter_is_refused() -> None:
+    proc = run([*GANOPS, "evaluate", "--run-name", "x' or '1'='1"], cwd=PROJECT, check=False)
+    assert proc.returncode == 2 and "run name \"x' or '1'='1\"" in proc.stderr
