@@ -24,9 +24,9 @@ import torch.distributed as dist
 from torch import nn
 
 from gan_models.config import Config
-from gan_models.data.prepare import open_verified
+from gan_models.data.prepare import open_verified, prepared_path
 from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
-from gan_models.errors import GanOpsError
+from gan_models.errors import DatasetError, GanOpsError
 from gan_models.io import write_text
 from gan_models.training.checkpoint import read_resume_info, resume_source
 from gan_models.training.loop import (
@@ -54,6 +54,7 @@ from pipelines.tracking import (
     source_tags,
     training_key,
 )
+from pipelines.versioning import DATA_DIR, DVC_FILE
 
 
 class ReplicaMismatchError(GanOpsError):
@@ -95,6 +96,13 @@ class Preflight:
 def preflight(cfg: Config, project: Path, world_size: int = 1) -> tuple[PreparedDataset, Preflight]:
     """Verify the data (and that `cfg` can train on it on `world_size` ranks) and reach the tracking
     store; each failure is one clear `GanOpsError`."""
+    path = (project / prepared_path(cfg.data)).resolve()
+    versioned = (project / DVC_FILE).exists() and path.is_relative_to((project / DATA_DIR).resolve())
+    if versioned and not (path / MANIFEST).exists():
+        raise DatasetError(
+            f"{path}: no prepared dataset here, and {project / DVC_FILE} versions the data: restore those "
+            "exact bytes with `ganops data pull` (or prepare them with `ganops data prepare`)"
+        )
     dataset = open_verified(cfg.data)  # corrupted or missing data fails here
     check_trainable(cfg, dataset, world_size)
     target = resolve_target(cfg.tracking, project) if cfg.tracking.enabled else None

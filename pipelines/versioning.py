@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -37,7 +39,7 @@ def run_dvc(repo: Path, *args: str) -> str:
         [sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
-        message = (proc.stderr or proc.stdout).strip()
+        message = "\n".join(text.strip() for text in (proc.stderr, proc.stdout) if text.strip())
         raise VersioningError(f"`dvc {' '.join(args)}` failed in {repo}:\n{message}")
     return proc.stdout
 
@@ -65,15 +67,61 @@ def version_data(repo: Path, push: bool = True) -> str:
     configure_remote(repo)
     run_dvc(repo, "add", DATA_DIR)
     if push:
-        run_dvc(repo, "push", DVC_FILE)
+        try:
+            run_dvc(repo, "push", DVC_FILE)
+        except VersioningError as e:
+            raise VersioningError(
+                f"{repo / DVC_FILE} now records data version {data_version(repo)}, which no DVC remote holds: "
+                f"the push failed ({str(e).splitlines()[-1][:300]}); push it with `dvc push {DVC_FILE}` "
+                "once the remote is reachable, before committing data.dvc"
+            ) from None
     return data_version(repo)
+
+
+# What DVC's debug output says when the remote could not be reached or refused us; DVC itself then only
+# reports missing files, as it does for a remote that simply does not hold them.
+_UNREACHABLE = re.compile(
+    r"Cannot connect to host|Connection refused|Connect call failed|\[Errno 111\]|Name or service not known|"
+    r"timed out|TimeoutError|\b(?:401|403)\b|Unauthorized|Forbidden|AccessDenied|InvalidAccessKeyId|"
+    r"SignatureDoesNotMatch|NoCredentialsError"
+)
+PULL_DELAYS = (2.0, 5.0)  # seconds before the second and third attempts at an unreachable remote
+
+
+class RemoteUnreachableError(VersioningError):
+    """The DVC remote could not be reached, or refused the credentials (not: it lacks the data)."""
 
 
 def pull_data(repo: Path) -> str:
-    """`dvc pull` the data that `data.dvc` names (the remote verifies hashes); returns its version."""
+    """`dvc pull` the data that `data.dvc` names (the remote verifies hashes); returns its version.
+
+    A remote that cannot be reached (network, credentials) is tried `len(PULL_DELAYS) + 1` times, then
+    is a `RemoteUnreachableError`; a remote that does not hold the data is a plain `VersioningError`.
+    """
     configure_remote(repo)
-    run_dvc(repo, "pull", DVC_FILE)
-    return data_version(repo)
+    for delay in (*PULL_DELAYS, None):
+        try:
+            run_dvc(repo, "pull", "-v", DVC_FILE)
+            return data_version(repo)
+        except VersioningError as e:
+            reason = _UNREACHABLE.search(str(e))
+            if reason is None:
+                raise VersioningError(
+                    f"`dvc pull {DVC_FILE}` in {repo}: the DVC remote does not hold data version "
+                    f"{data_version(repo)} (was it pushed?)"
+                ) from None
+            if delay is None:
+                raise RemoteUnreachableError(
+                    f"`dvc pull {DVC_FILE}` in {repo}: the DVC remote is unreachable or refused access "
+                    f"({_line_with(str(e), reason.group(0))}), {len(PULL_DELAYS) + 1} attempts; check the "
+                    f"remote (${REMOTE_ENV}) and its credentials, then `ganops data pull`"
+                ) from None
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _line_with(text: str, needle: str) -> str:
+    return next((line.strip() for line in text.splitlines() if needle in line), needle)[:300]
 
 
 def ensure_data(cfg: Config, project: Path) -> tuple[PreparedDataset, str]:
@@ -88,8 +136,10 @@ def ensure_data(cfg: Config, project: Path) -> tuple[PreparedDataset, str]:
     if not (path / MANIFEST).exists() and (project / DVC_FILE).exists():
         try:
             pull_data(project)  # a fresh clone: restore the exact bytes from the DVC remote
+        except RemoteUnreachableError:
+            raise  # preparing anew could give other bytes and rewrite data.dvc: say so instead
         except VersioningError:
-            pass  # nothing pushed there yet (a new machine): prepare below
+            pass  # the remote does not hold it (nothing pushed from a new machine): prepare below
     if not (path / MANIFEST).exists() or verify_prepared(path) or not _same_params(path, data):
         prepare_dataset(data)
     dataset = PreparedDataset.open(path)

@@ -112,3 +112,56 @@ def test_dry_run_prints_the_resolved_config(tmp_path: Path) -> None:
         resolved["train"]["lr_g"] == pytest.approx(2e-4) and resolved["data"]["dataset"] == "synthetic-svhn"
     )
     assert not (tmp_path / "data").exists()
+
+
+def _versioned_clone(dvc_repo: Path, tmp_path: Path, remote: str) -> Path:
+    """A fresh clone of a repo whose data.dvc names pushed data, its DVC remote set to `remote`."""
+    _prepare(dvc_repo)
+    run(["git", "add", "data.dvc", ".gitignore"], dvc_repo)
+    run(["git", "commit", "-qm", "data"], dvc_repo)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(dvc_repo), str(clone)], tmp_path)
+    run([*GANOPS_DVC, "remote", "add", "--local", "--force", "--default", "ganops", remote], clone)
+    return clone
+
+
+GANOPS_DVC = [__import__("sys").executable, "-m", "dvc"]
+
+
+def test_missing_data_that_data_dvc_versions_says_to_pull_it(dvc_repo: Path, tmp_path: Path) -> None:
+    clone = _versioned_clone(dvc_repo, tmp_path, str(tmp_path / "unused"))
+    proc = run([*GANOPS, "train", "--no-ray", *SMALL], cwd=clone, check=False)
+    assert proc.returncode == 2 and "`ganops data pull`" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_unreachable_remote_fails_clearly_instead_of_preparing_other_bytes(
+    dvc_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gan_models.config import load_config
+    from pipelines import versioning
+
+    clone = _versioned_clone(dvc_repo, tmp_path, "http://127.0.0.1:9/dvc")  # port 9 refuses
+    monkeypatch.delenv("GANOPS_DVC_REMOTE")  # the clone's remote, not the test's
+    monkeypatch.setattr(versioning, "PULL_DELAYS", (0.1,))
+    recorded = (clone / "data.dvc").read_text()
+    cfg = load_config(None, [s for s in SMALL if s != "--set"])
+    with pytest.raises(
+        versioning.RemoteUnreachableError, match=r"unreachable or refused access \(.*(Connect|refused)"
+    ):
+        versioning.ensure_data(cfg, clone)
+    assert (clone / "data.dvc").read_text() == recorded and not (clone / "data").exists()
+
+
+def test_a_remote_without_the_data_falls_back_to_preparing_it(
+    dvc_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gan_models.config import load_config
+    from pipelines import versioning
+
+    empty = tmp_path / "empty-remote"
+    empty.mkdir()
+    clone = _versioned_clone(dvc_repo, tmp_path, str(empty))
+    monkeypatch.setenv("GANOPS_DVC_REMOTE", str(empty))
+    cfg = load_config(None, [s for s in SMALL if s != "--set"])
+    dataset, version = versioning.ensure_data(cfg, clone)
+    assert version == versioning.data_version(clone) and (dataset.path / "manifest.json").exists()
