@@ -233,7 +233,10 @@ def run_sweep(
             "use_gpu": use_gpu,
             "metric": metric,
         }
-        trainable = tune.with_resources(tune.with_parameters(_trial, spec=spec), {"CPU": 0.01})
+        # The trial's driver only waits on its TorchTrainer: no CPU (even 0.01 CPU would keep a trial whose
+        # workers need every CPU of the cluster from ever being placed), and Tune refuses an empty
+        # request, so one byte of memory, which every node has.
+        trainable = tune.with_resources(tune.with_parameters(_trial, spec=spec), TRIAL_DRIVER)
         path = f"{base.ray.storage_path.rstrip('/')}/{name}"
         print(f"sweep {name}: {len(configs)} configs at the extremes checked; {concurrent} trials at once")
         if tune.Tuner.can_restore(path):
@@ -339,6 +342,9 @@ def _scored_reports(metric: str) -> Any:
                 super().after_report(run_context, metrics, checkpoint)
 
     return ScoredReports()
+
+
+TRIAL_DRIVER = {"CPU": 0, "memory": 1}
 
 
 def trial_count(axes: list[Axis], samples: int) -> int:
