@@ -299,7 +299,13 @@ def test_sweep_runs_its_trials_on_ray_tune_across_two_nodes_and_offers_the_best(
     trials = result["trials"]
     assert sorted(t["overrides"] for t in trials) == [["train.lr_g=0.0001"], ["train.lr_g=0.0003"]]
     assert {t["status"] for t in trials} == {"finished"} and len({t["run_id"] for t in trials}) == 2
-    best = max(trials, key=lambda t: (t["metrics"]["test_accuracy"], -t["metrics"]["domain_fd"]))
+    # The best is the one the promotion policy itself ranks first (`promotion.rank`, the trials in order).
+    from gan_models.config import load_config
+    from pipelines.promotion import Version, rank
+
+    policy = load_config(project / "params.yaml", tiny).promotion
+    candidates = [Version("sweep", t["run_id"], t["run_id"], "same", t["metrics"], {}) for t in trials]
+    best = next(t for t in trials if t["run_id"] == rank(candidates, policy)[0].run_id)
     assert result["best"]["run_id"] == best["run_id"] and result["promotion"]["run_id"] == best["run_id"]
     client = mlflow.MlflowClient(services["mlflow"])
     parents = {client.get_run(t["run_id"]).data.tags["mlflow.parentRunId"] for t in trials}
