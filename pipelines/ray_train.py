@@ -36,6 +36,7 @@ from pipelines.train import (
     check_run_name,
     preflight,
     publish_unpublished,
+    run_lock,
     run_name_for,
     run_training,
 )
@@ -273,9 +274,6 @@ def torch_trainer(
 
 def launch(cfg: Config, run_name: str | None = None, project: Path | None = None) -> str:
     """Validate, start (or join) Ray, train with Ray Train, return a one-line summary."""
-    import ray
-    from ray.train import TrainingFailedError
-
     # Validate before Ray starts: data, tracking store, resources of a local instance.
     project = (project or Path.cwd()).resolve()
     if run_name is not None:
@@ -283,6 +281,14 @@ def launch(cfg: Config, run_name: str | None = None, project: Path | None = None
     cfg = absolute_paths(cfg, project)
     dataset, checks = preflight(cfg, project)
     name = run_name or run_name_for(cfg, dataset)
+    with run_lock(cfg, name):  # one launcher per run name: one MLflow run, one Ray storage path
+        return _launch(cfg, name, dataset, checks)
+
+
+def _launch(cfg: Config, name: str, dataset: PreparedDataset, checks: Preflight) -> str:
+    import ray
+    from ray.train import TrainingFailedError
+
     done = finished_epochs(cfg.ray.storage_path, name, cfg.train.epochs)
     if done >= cfg.train.epochs and (published := publish_finished(cfg, name, dataset, checks)):
         return published

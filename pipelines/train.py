@@ -9,13 +9,15 @@ arguments. `train_job` runs `ganops train` as a child process, for the flows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,33 @@ def check_run_name(name: str) -> str:
             "at most 128, no '..'): it names a folder, and may not leave train.output_dir"
         )
     return name
+
+
+@contextlib.contextmanager
+def run_lock(cfg: Config, run_name: str) -> Iterator[None]:
+    """Hold run `run_name` for this launcher: a second launcher of the same name (a Prefect retry racing
+    the first, two users) fails at once, naming the holder, instead of creating a second MLflow run or
+    sharing one checkpoint directory. An OS file lock under `train.output_dir`: it ends with its
+    process, so a launcher that was killed holds nothing."""
+    from filelock import FileLock, Timeout
+
+    root = Path(cfg.train.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root / f".{run_name}.lock"), timeout=0)
+    holder = root / f".{run_name}.holder"
+    try:
+        lock.acquire()
+    except Timeout:
+        who = holder.read_text().strip() if holder.exists() else "another process"
+        raise GanOpsError(
+            f"run {run_name} is being trained by {who}: wait for it, or choose another --run-name"
+        ) from None
+    try:
+        holder.write_text(f"process {os.getpid()} on {socket.gethostname()}\n")
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
 
 
 def run_name_for(cfg: Config, dataset: PreparedDataset | str) -> str:
@@ -245,6 +274,11 @@ def train_local(cfg: Config, run_name: str | None = None, project: Path | None =
         check_run_name(run_name)  # before any work
     dataset, checks = preflight(cfg, project)
     name = run_name or run_name_for(cfg, dataset)
+    with run_lock(cfg, name):
+        return _train_local(cfg, name, dataset, checks)
+
+
+def _train_local(cfg: Config, name: str, dataset: PreparedDataset, checks: Preflight) -> str:
     run_dir = Path(cfg.train.output_dir) / name
     checkpoint = run_dir / CHECKPOINT_NAME
     resume = resume_source(checkpoint)  # the previous checkpoint where the latest is unreadable

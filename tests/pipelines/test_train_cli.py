@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +136,38 @@ def test_an_unreachable_tracking_server_is_one_clear_error(command: list[str], t
 def test_a_run_name_that_would_reach_into_an_mlflow_filter_is_refused() -> None:
     proc = run([*GANOPS, "evaluate", "--run-name", "x' or '1'='1"], cwd=PROJECT, check=False)
     assert proc.returncode == 2 and "run name \"x' or '1'='1\"" in proc.stderr
+
+
+def test_a_second_launcher_of_the_same_run_name_is_refused_naming_the_holder(dvc_repo: Path) -> None:
+    run([*GANOPS, "data", "prepare", "--no-version", *TINY], cwd=dvc_repo)
+    holder = subprocess.Popen(  # holds the run's lock as a running `ganops train` does
+        [sys.executable, "-c", _HOLD, str(dvc_repo / "runs")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run(
+            [*GANOPS, "train", "--no-ray", "--run-name", "r", *TINY, *MODEL], cwd=dvc_repo, check=False
+        )
+        assert proc.returncode == 2 and f"run r is being trained by process {holder.pid}" in proc.stderr
+        assert not (dvc_repo / "runs" / "r").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is gone (killed, as a crashed launcher would be): the run is free again.
+    run(
+        [*GANOPS, "train", "--no-ray", "--run-name", "r", *TINY, *MODEL, "--set", "train.epochs=1"],
+        cwd=dvc_repo,
+    )
+
+
+_HOLD = """
+import sys, time
+import subprocess
+import sys
+from pathlib import Path
+from gan_models.config import load_config
+from pipelines.train import run_lock
+with run_lock(load_config(None, [f"train.output_dir={sys.argv[1]}"]), "r"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
