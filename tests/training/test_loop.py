@@ -236,3 +236,17 @@ def test_precision_auto_takes_bf16_only_on_cpus_with_bf16_units() -> None:
     )
     assert resolve_channels_last("auto", "bf16") and not resolve_channels_last("auto", "fp32")
     assert resolve_channels_last(True, "fp32")
+
+
+def test_the_loop_clips_the_gradients_it_steps_with(mnist_like: PreparedDataset, tmp_path: Path) -> None:
+    # Clipped to a norm of 1e-9, Adam (eps 1e-4) moves no weight by more than ~1e-8 per step; unclipped,
+    # every step moves them by about the learning rate. So only a loop that clips leaves them in place.
+    def moved(*overrides: str) -> float:
+        cfg = tiny_config("model.name=dcgan", "train.epochs=1", "train.ema_decay=0", *overrides)
+        before = _build_weights(cfg, mnist_like)
+        generator = train(cfg, mnist_like, out_dir=tmp_path / str(len(overrides))).models["generator"]
+        # Parameters only: batch-norm running statistics move without any gradient.
+        return max((p.detach() - before[k]).abs().max().item() for k, p in generator.named_parameters())
+
+    assert moved() > 1e-4
+    assert moved("train.grad_clip=1e-9") < 1e-6
