@@ -25,6 +25,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from pipelines.flows import retrain
 from pipelines.registry import CHAMPION, Registry
+from pipelines.tracking import RUN_NAME_TAG
 from tests.conftest import PROJECT, run
 from tests.services import mlflow_server, prefect_server, start_mlflow, stop
 
@@ -261,6 +262,15 @@ def test_mlflow_restart_mid_flow_is_retried_and_the_flow_completes(
         watcher.join(60)
         assert restarted, "the server was never restarted"
         assert summary["promotion"]["name"] == GENERATOR and "domain_fd" in summary["metrics"]
+        # The retried tasks repeated nothing: one training run, one registered version of each model.
+        client = mlflow.MlflowClient(url)
+        experiment = client.get_experiment_by_name("restart")
+        trainings = [r for r in client.search_runs([experiment.experiment_id]) if RUN_NAME_TAG in r.data.tags]
+        assert len(trainings) == 1
+        models = [m.name for m in client.search_registered_models()]  # this test's own server
+        assert GENERATOR in models
+        for model in models:  # the generator and its classifier
+            assert len(client.search_model_versions(f"name = '{model}'")) == 1, model
     finally:
         for process in [server, *restarted]:
             stop(process)  # type: ignore[arg-type]
