@@ -7,6 +7,7 @@ Every image is centre-cropped to a square (the largest, or `data.center_crop` pi
 from __future__ import annotations
 
 import io
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
 
     from gan_models.config import DataConfig
 
+# Far above any training image (CelebA's are 178 x 218): a file that claims more is a decompression bomb
+# or not meant for this, and is refused before it is decoded.
+MAX_PIXELS = 50_000_000
+MAX_MEMBER_BYTES = 64 * 2**20  # one image inside a zip archive, uncompressed
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 CELEBA_ZIP = "img_align_celeba.zip"
 CELEBA_DIR = "img_align_celeba"
@@ -44,15 +49,35 @@ def to_array(image: Image.Image, size: int, channels: int, crop: int | None) -> 
 
 
 def decode(data: bytes, name: str) -> Image.Image:
-    """Decode image bytes fully, or fail naming the file."""
+    """Decode image bytes fully, or fail naming the file; an image claiming more than `MAX_PIXELS`
+    pixels (a decompression bomb) is refused from its header, before anything is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise DatasetError(
+                    f"{name}: {width} x {height} pixels, over the {MAX_PIXELS:,} an image may have "
+                    "(a decompression bomb?); remove it from the source"
+                )
+            image.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, Warning) as e:
         raise DatasetError(f"{name}: image does not decode ({e})") from e
     return image
+
+
+def _member(zf: zipfile.ZipFile, name: str, archive: Path) -> bytes:
+    """Archive member `name`, refused from its header if it unpacks to more than `MAX_MEMBER_BYTES`."""
+    size = zf.getinfo(name).file_size
+    if size > MAX_MEMBER_BYTES:
+        raise DatasetError(
+            f"{archive}:{name}: unpacks to {size:,} bytes, over the {MAX_MEMBER_BYTES:,} an image may take "
+            "(a zip bomb?)"
+        )
+    return zf.read(name)
 
 
 def _convert_all(
@@ -80,7 +105,7 @@ def load_celeba(cfg: DataConfig, progress: Progress | None = None) -> RawDataset
                 names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in IMAGE_SUFFIXES)
                 if not names:
                     raise DatasetError(f"{archive}: the archive holds no images")
-                items = ((f"{archive}:{n}", zf.read(n)) for n in names)
+                items = ((f"{archive}:{n}", _member(zf, n, archive)) for n in names)
                 images = _convert_all(items, len(names), cfg, progress)
         except (zipfile.BadZipFile, OSError) as e:
             raise DatasetError(f"{archive}: not a readable zip archive ({e})") from e

@@ -224,6 +224,45 @@ def test_image_that_does_not_decode_names_the_file(tmp_path: Path) -> None:
         load_source(DataConfig(dataset="image-folder", source=tmp_path / "imgs"))
 
 
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A small PNG file whose header claims `width` x `height` pixels (what a decompression bomb does)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_a_decompression_bomb_image_is_refused_from_its_header(tmp_path: Path) -> None:
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(_images(1)[0]).save(tmp_path / "imgs" / "good.png")
+    bomb = tmp_path / "imgs" / "bomb.png"
+    bomb.write_bytes(_png_header_claiming(8_000, 8_000))  # 64 megapixels in a few bytes
+    with pytest.raises(DatasetError, match=r"bomb\.png: 8000 x 8000 pixels, over the 50,000,000"):
+        load_source(DataConfig(dataset="image-folder", source=tmp_path / "imgs"))
+    bomb.write_bytes(_png_header_claiming(100_000, 100_000))  # past PIL's own limit: its error, named
+    with pytest.raises(DatasetError, match=r"bomb\.png: image does not decode .*decompression bomb"):
+        load_source(DataConfig(dataset="image-folder", source=tmp_path / "imgs"))
+
+
+def test_a_zip_member_that_unpacks_to_too_much_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    folder = tmp_path / "celeba"
+    folder.mkdir()
+    with zipfile.ZipFile(folder / "img_align_celeba.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("img_align_celeba/000001.jpg", _jpeg(np.zeros((218, 178, 3), dtype=np.uint8)))
+        zf.writestr("img_align_celeba/000002.jpg", b"\0" * (80 * 2**20))  # 80 MiB of zeros, ~80 KB packed
+    with pytest.raises(DatasetError, match=r"000002\.jpg: unpacks to 83,886,080 bytes"):
+        load_source(DataConfig(dataset="celeba", source=tmp_path, image_size=64))
+
+
 def test_folder_without_images_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
