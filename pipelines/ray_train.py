@@ -279,14 +279,19 @@ def launch(cfg: Config, run_name: str | None = None, project: Path | None = None
     if run_name is not None:
         check_run_name(run_name)  # before any work
     cfg = absolute_paths(cfg, project)
+    import ray
+
     dataset, checks = preflight(cfg, project)
     name = run_name or run_name_for(cfg, dataset)
+    if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized():
+        local = local_resources()
+        check_resources(cfg, wants_gpu(cfg, local["GPU"]), local, "this machine")
+    check_trainable(cfg, dataset, cfg.ray.num_workers)  # a batch per rank: Ray would retry it forever
     with run_lock(cfg, name):  # one launcher per run name: one MLflow run, one Ray storage path
         return _launch(cfg, name, dataset, checks)
 
 
 def _launch(cfg: Config, name: str, dataset: PreparedDataset, checks: Preflight) -> str:
-    import ray
     from ray.train import TrainingFailedError
 
     done = finished_epochs(cfg.ray.storage_path, name, cfg.train.epochs)
@@ -295,13 +300,6 @@ def _launch(cfg: Config, name: str, dataset: PreparedDataset, checks: Preflight)
     if done >= cfg.train.epochs:
         return f"{name}: already trained for {done} epochs (Ray run {cfg.ray.storage_path}/{name})"
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address is None and not ray.is_initialized():
-        local = local_resources()
-        check_resources(cfg, wants_gpu(cfg, local["GPU"]), local, "this machine")
-    check_trainable(
-        cfg, dataset, cfg.ray.num_workers
-    )  # a batch per rank; retried forever under Ray otherwise
-
     with ray_session(cfg) as available:
         use_gpu = wants_gpu(cfg, available.get("GPU", 0))
         check_resources(cfg, use_gpu, available, f"the Ray cluster ({address or 'local'})")
