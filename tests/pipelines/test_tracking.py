@@ -212,6 +212,7 @@ def test_resuming_with_another_architecture_leaves_the_finished_run_untouched(
     assert after.data.tags == before.data.tags
 
 
+@pytest.mark.slow  # about 45 s: an MLflow server started twice, an epoch's retries waited out
 def test_a_tracking_server_away_for_an_epoch_costs_no_metric_and_training_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

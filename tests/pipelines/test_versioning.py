@@ -152,6 +152,7 @@ def test_an_unreachable_remote_fails_clearly_instead_of_preparing_other_bytes(
     assert (clone / "data.dvc").read_text() == recorded and not (clone / "data").exists()
 
 
+@pytest.mark.slow  # prepares and versions the data twice
 def test_a_remote_without_the_data_falls_back_to_preparing_it(
     dvc_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
