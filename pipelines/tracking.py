@@ -93,8 +93,9 @@ def ensure_experiment(target: TrackingTarget) -> str:
             if experiment is None:
                 return client.create_experiment(target.experiment, artifact_location=target.artifact_location)
     except Exception as e:  # MLflow raises several types (connection, HTTP status, database)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrackingError(f"MLflow tracking at {target.uri} is unreachable or failed: {reason}") from None
+        raise TrackingError(
+            f"MLflow tracking at {target.uri} is unreachable or failed: {_first_line(e)}"
+        ) from None
     if experiment.lifecycle_stage != "active":
         raise TrackingError(
             f"MLflow experiment {target.experiment!r} at {target.uri} is deleted: restore it "

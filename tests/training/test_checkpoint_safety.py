@@ -18,19 +18,14 @@ from gan_models.training import checkpoint as checkpoint_module
 from gan_models.training.checkpoint import CheckpointError, load_checkpoint, previous_of, save_checkpoint
 from gan_models.training.loop import CHECKPOINT_NAME, train
 from pipelines.train import train_local
+from tests.pipelines.test_tracking import local_config as tracked_config
 from tests.training.conftest import tiny_config, tiny_dataset
 
 
 def local_config(tmp_path: Path, *overrides: str):  # noqa: ANN201
-    if not (tmp_path / "data" / "mnist").exists():
-        tiny_dataset(tmp_path / "data" / "mnist")
-    return tiny_config(
-        "model.name=dcgan",
-        f"data.root={tmp_path / 'data'}",
-        "data.dataset=mnist",
-        f"train.output_dir={tmp_path / 'runs'}",
-        "tracking.enabled=false",
-        *overrides,
+    """The tiny untracked DCGAN run of the tracking tests' layout."""
+    return tracked_config(
+        tmp_path, tmp_path, "unused", "model.name=dcgan", "tracking.enabled=false", *overrides
     )
 
 
