@@ -152,7 +152,9 @@ def test_classifier_follows_its_generator(cfg: Config) -> None:
     assert aliases(cfg, "d-m-classifier") == {CHAMPION: "1"}
 
 
-def _run_in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[BaseException]]:
+def _run_in_thread(
+    target: Callable[[], object], name: str | None = None
+) -> tuple[threading.Thread, list[BaseException]]:
     errors: list[BaseException] = []
 
     def body() -> None:
@@ -161,7 +163,7 @@ def _run_in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list
         except BaseException as e:  # noqa: BLE001 - reported by the test
             errors.append(e)
 
-    thread = threading.Thread(target=body)
+    thread = threading.Thread(target=body, name=name)
     thread.start()
     return thread, errors
 
@@ -283,7 +285,8 @@ def test_registering_one_run_twice_at_once_makes_one_version(
 
     def look_then_wait(self: Registry, name: str, run: str) -> list[Version]:
         found = original(self, name, run)
-        if threading.current_thread() is first:
+        # By name: the thread may get here before `_run_in_thread` has returned it to us.
+        if threading.current_thread().name == "first":
             first_looked.set()
             second_done.wait(5)
         return found
@@ -292,8 +295,8 @@ def test_registering_one_run_twice_at_once_makes_one_version(
         return registry.register("twice-generator", model.model_uri, run_id, {}, cfg.promotion.lock_dir)
 
     monkeypatch.setattr(Registry, "versions_of_run", look_then_wait)
-    first, first_errors = _run_in_thread(register)
-    assert first_looked.wait(60)
+    first, first_errors = _run_in_thread(register, name="first")
+    assert first_looked.wait(60), first_errors
     second, second_errors = _run_in_thread(register)
     second.join(60)
     second_done.set()
