@@ -139,6 +139,16 @@ def resolve_precision(requested: str, device: torch.device, flags: frozenset[str
     return "bf16" if (cpu_flags() if flags is None else flags) & BF16_CPU_FLAGS else "fp32"
 
 
+def to_layout(module: nn.Module, layout: torch.memory_format) -> nn.Module:
+    """`module.to(memory_format=layout)`, except 1x1 kernels: their gradients come back contiguous
+    whatever the weight's layout, and DDP warns ("grad strides do not match") and copies each step."""
+    module.to(memory_format=layout)
+    for p in module.parameters():
+        if p.dim() == 4 and p.shape[2:] == (1, 1):
+            p.data = p.data.clone(memory_format=torch.contiguous_format)  # .contiguous() keeps 1x1 strides
+    return module
+
+
 def resolve_channels_last(requested: str | bool, precision: str) -> bool:
     """`train.channels_last`: auto follows bf16, where the channels-last conv kernels are the fast ones."""
     return precision == "bf16" if requested == "auto" else bool(requested)
@@ -245,7 +255,7 @@ def train(
         torch.channels_last if resolve_channels_last(tc.channels_last, precision) else torch.contiguous_format
     )
     for m in models.values():
-        m.to(memory_format=layout)
+        to_layout(m, layout)
     if saved is not None:
         state.load_state_dict(saved, str(resume))
 

@@ -222,6 +222,21 @@ def test_bf16_autocast_and_channels_last_train_and_stay_finite(tmp_path: Path) -
     assert all(w.dtype == torch.float32 for w in weights if w.is_floating_point())  # master weights stay fp32
 
 
+def test_channels_last_leaves_1x1_kernels_in_the_layout_of_their_gradients() -> None:
+    """A 1x1 kernel's gradient comes back contiguous; a channels-last weight then makes DDP warn
+    ("grad strides do not match bucket view strides") and copy every step."""
+    from gan_models.nets import build_models, parse_options
+    from gan_models.training.loop import to_layout
+
+    options = parse_options({"name": "ssgan", "d_features": 16})
+    net = to_layout(build_models(options, (3, 32, 32), 10)["discriminator"], torch.channels_last)
+    kernels = [p for p in net.parameters() if p.dim() == 4]
+    pointwise = [p for p in kernels if p.shape[2:] == (1, 1)]
+    assert pointwise and all(p.stride() == torch.empty(p.shape).stride() for p in pointwise)
+    spatial = [p for p in kernels if p.shape[2:] != (1, 1)]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in spatial)
+
+
 def test_precision_auto_takes_bf16_only_on_cpus_with_bf16_units() -> None:
     from gan_models.training.loop import resolve_channels_last, resolve_precision
 
