@@ -157,6 +157,11 @@ class TrackingConfig(_Section):
         Path("mlruns"), description="artifacts of new experiments on the default store"
     )
     log_models: bool = Field(True, description="log the final generator (and classifier) as MLflow models")
+    trusted_models: list[str] = Field(
+        [],
+        description="model URIs (models:/NAME/VERSION, models:/NAME@ALIAS, models:/<model id>) loaded through "
+        "MLflow without the package checks: their bundled code runs; trust only models you know",
+    )
 
 
 class RayConfig(_Section):

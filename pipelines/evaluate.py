@@ -1,6 +1,7 @@
 """`ganops evaluate --run RUN_ID`: measure a finished training's models and record the results on its run.
 
-The models are loaded exactly as consumers load them (MLflow pyfunc, from the run's logged models), the
+The models are loaded from the run's logged models as packages checked before they load (no bundled code
+runs: `model_packaging.load_checked`) and predict exactly as consumers' MLflow pyfunc models do, the
 dataset must be the version the run trained on, and the numbers go to the run (metrics, `eval.*` tags,
 `evaluation.json`) and to a JSON report on disk.
 """
@@ -21,6 +22,7 @@ from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
 from gan_models.errors import DatasetError, GanOpsError
 from gan_models.io import write_text
 from gan_models.metrics.evaluation import Evaluation, evaluate, wants_inception
+from pipelines.model_packaging import load_checked
 from pipelines.tracking import TrackingTarget, ensure_experiment, resolve_target
 
 REPORT_NAME = "evaluation.json"
@@ -124,8 +126,9 @@ def evaluate_run(
     if "generator" not in models:
         raise GanOpsError(f"run {run_id} logged no generator model (was tracking.log_models false?)")
 
-    mlflow.set_tracking_uri(target.uri)
-    loaded = {kind: mlflow.pyfunc.load_model(m.model_uri) for kind, m in models.items()}
+    loaded = {
+        kind: load_checked(m.model_uri, target.uri, cfg.tracking.trusted_models) for kind, m in models.items()
+    }
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     inception = wants_inception(cfg.evaluate, dataset, device)
     evaluation = evaluate(

@@ -8,11 +8,19 @@ the weights, so loading a model never unpickles an object.
 - generator: seeds in (int64, one image per seed), uint8 images out (N, H, W, C).
 - classifier (ssgan: the K-class discriminator; stackedgan: encoder + classifier): uint8 images in
   (N, H, W, C), class probabilities out (N, K).
+
+Loading a model through MLflow runs the code it bundles. The project itself therefore loads models
+with `load_checked`: it reads the package as data (no bundled code imported, no pickle), checks that it
+is one of this module's packages and that its weights hash to what was recorded on the tracking server
+when it was logged, and rebuilds it with the installed code. Models named in
+`tracking.trusted_models` load through MLflow instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -23,15 +31,24 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from gan_models.errors import GanOpsError
 from gan_models.io import write_text, write_with
 from gan_models.nets import ModelOptions, build_models, family, parse_options, sample_latent
 from gan_models.training.batches import to_float, to_uint8
-from pipelines.quiet import MLFLOW_NOTICES, quiet
+from pipelines.quiet import MLFLOW_NOTICES, environ, quiet
 
 SPEC = "spec.json"
 WEIGHTS = "weights.safetensors"
 # What a packaged model needs at load time (recorded instead of MLflow's slow requirement inference).
 REQUIREMENTS = ("torch", "numpy", "safetensors", "pydantic", "pyyaml")
+# On the logged model (the tracking server, not the artifact store): the sha256 of its weights file.
+WEIGHTS_TAG = "ganops.weights_sha256"
+# Files that unpickle when loaded: never part of a package of ours.
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".joblib", ".cloudpickle", ".dill", ".bin")
+
+
+class UntrustedModelError(GanOpsError):
+    """A model that is not one of this project's packages, or whose weights changed after logging."""
 
 
 def kinds(options: ModelOptions) -> list[str]:
@@ -131,6 +148,97 @@ def _load_pyfunc(data_path: str) -> PackagedModel:
     return PackagedModel(Path(data_path))
 
 
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_package(model_dir: Path, recorded_sha256: str | None, what: str) -> Path:
+    """The package data directory of the downloaded MLflow model `model_dir`, once it is known to be
+    ours: a `python_function` flavour with this module as its loader and nothing else, no pickled file,
+    exactly `spec.json` + `weights.safetensors`, weights hashing to `recorded_sha256`."""
+    import yaml
+
+    def refuse(why: str) -> UntrustedModelError:
+        return UntrustedModelError(
+            f"{what}: {why}; refused to load it. If you trust this model, add its URI to "
+            "tracking.trusted_models (its bundled code then runs)"
+        )
+
+    try:
+        mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise refuse(f"no readable MLmodel file ({e})") from None
+    flavors = (mlmodel or {}).get("flavors") or {}
+    pyfunc = flavors.get("python_function") or {}
+    if set(flavors) != {"python_function"} or pyfunc.get("loader_module") != __name__:
+        raise refuse(
+            f"not a package of this project (flavours {sorted(flavors)}, loader "
+            f"{pyfunc.get('loader_module') or pyfunc.get('python_model')!r}; expected {__name__})"
+        )
+    pickled = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise refuse(f"it carries pickled files ({', '.join(pickled)})")
+    data = (model_dir / str(pyfunc.get("data", ""))).resolve()
+    if not data.is_relative_to(model_dir.resolve()) or not data.is_dir():
+        raise refuse(f"its data path {pyfunc.get('data')!r} is not a folder of the model")
+    files = sorted(p.name for p in data.iterdir())
+    if files != sorted([SPEC, WEIGHTS]):
+        raise refuse(f"its data folder holds {files}, not exactly {SPEC} and {WEIGHTS}")
+    if recorded_sha256 is None:
+        raise refuse(f"the tracking server records no weights hash for it (tag {WEIGHTS_TAG})")
+    actual = sha256_of(data / WEIGHTS)
+    if actual != recorded_sha256:
+        raise refuse(
+            f"its weights changed after logging (sha256 {actual[:12]}..., recorded {recorded_sha256[:12]}...)"
+        )
+    return data
+
+
+def recorded_weights(model_uri: str, tracking_uri: str) -> str | None:
+    """The weights hash the tracking server recorded for `models:/...` (a registered version or alias,
+    or a logged model id), read from the logged model behind it."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    ref = model_uri.removeprefix("models:/")
+    if "@" in ref or "/" in ref:
+        name, alias = ref.split("@", 1) if "@" in ref else (ref, None)
+        version = (
+            client.get_model_version_by_alias(name, alias)
+            if alias is not None
+            else client.get_model_version(*ref.split("/", 1))
+        )
+        # A version registered from `models:/<model id>` names its logged model in its source.
+        model_id = version.model_id or version.source.removeprefix("models:/")
+    else:
+        model_id = ref
+    if not model_id.startswith("m-"):
+        return None
+    return client.get_logged_model(model_id).tags.get(WEIGHTS_TAG)
+
+
+def load_checked(model_uri: str, tracking_uri: str, trusted: list[str] | None = None) -> Any:
+    """Load `model_uri` for `predict`: through MLflow if it is in `trusted`; otherwise as data, checked
+    (`check_package`) and rebuilt with this project's installed code, so no bundled code runs."""
+    import mlflow
+
+    if model_uri in (trusted or []):
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        return mlflow.pyfunc.load_model(model_uri)
+    recorded = recorded_weights(model_uri, tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="ganops-model-") as tmp:
+        with quiet(*MLFLOW_NOTICES), environ(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri
+            )
+        return PackagedModel(check_package(Path(local), recorded, f"model {model_uri}"))
+
+
 def log_model(
     kind: str,
     model_cfg: ModelOptions,
@@ -164,5 +272,6 @@ def log_model(
             signature=signature,
             input_example=example,
             pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS],
+            tags={WEIGHTS_TAG: sha256_of(package / WEIGHTS)},
         )
     return info.model_uri

@@ -42,14 +42,14 @@ def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarra
 
 def sample(ref: str, n: int, out: Path, cfg: Config, seed: int = 0) -> Path:
     """Write a grid of `n` images (seeds seed .. seed + n - 1) from generator `ref` to `out` (PNG)."""
-    import mlflow
     from PIL import Image
+
+    from pipelines.model_packaging import load_checked
 
     target = resolve_target(cfg.tracking)
     uri = model_uri(ref, Registry(target.uri))
-    mlflow.set_tracking_uri(target.uri)
-    mlflow.set_registry_uri(target.uri)
-    images = mlflow.pyfunc.load_model(uri).predict(np.arange(seed, seed + n, dtype=np.int64))
+    model = load_checked(uri, target.uri, cfg.tracking.trusted_models)
+    images = model.predict(np.arange(seed, seed + n, dtype=np.int64))
     picture = grid(np.asarray(images, dtype=np.uint8))
     image = Image.fromarray(picture.squeeze(-1) if picture.shape[-1] == 1 else picture)
     return write_with(out, lambda tmp: image.save(tmp, format="PNG"))

@@ -185,3 +185,59 @@ def test_promoted_champion_samples_loads_and_serves(project: Path, run_id: str) 
         server.terminate()
         server.wait(30)
     assert np.array_equal(served, local)  # the served champion draws the same images for the same seeds
+
+
+def test_models_load_as_checked_packages_and_never_run_bundled_code(project: Path, run_id: str) -> None:
+    """Loading is where a model's bundled code runs: ours loads the package as data, checks its weights
+    against the hash the tracking server recorded, and refuses anything else unless trusted by name."""
+    from pipelines.evaluate import run_models
+    from pipelines.model_packaging import WEIGHTS, UntrustedModelError, load_checked
+
+    cfg = config(project)
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    generator = run_models(resolve_target(cfg.tracking), run_id)["generator"]
+    uri = generator.model_uri
+    artifacts = Path(client.get_logged_model(generator.model_id).artifact_location.removeprefix("file://"))
+    assert load_checked(uri, cfg.tracking.uri).predict(np.array([0, 1])).shape == (2, 28, 28, 1)
+
+    weights = next(artifacts.rglob(WEIGHTS))
+    original_weights = weights.read_bytes()
+    mlmodel = artifacts / "MLmodel"
+    original_mlmodel = mlmodel.read_text()
+    marker = project / "bundled-code-ran"
+    try:
+        weights.write_bytes(original_weights[:-4] + b"\0\0\0\0")  # someone wrote to the artifact store
+        with pytest.raises(UntrustedModelError, match="weights changed after logging.*trusted_models"):
+            load_checked(uri, cfg.tracking.uri)
+        with pytest.raises(UntrustedModelError, match="weights changed"):
+            sample(f"{GENERATOR}@champion", 4, project / "refused.png", cfg)
+        assert not (project / "refused.png").exists()
+        weights.write_bytes(original_weights)
+
+        # Its loader swapped for bundled code of another name: refused, and that code never runs...
+        (artifacts / "code" / "evil_loader.py").write_text(
+            f"open({str(marker)!r}, 'w').close()\nfrom pipelines.model_packaging import _load_pyfunc\n"
+        )
+        mlmodel.write_text(original_mlmodel.replace("loader_module: pipelines.model_packaging", "loader_module: evil_loader"))
+        with pytest.raises(UntrustedModelError, match="not a package of this project.*evil_loader"):
+            load_checked(uri, cfg.tracking.uri)
+        assert not marker.exists()
+        # ... unless the model is trusted by name: then MLflow loads it, bundled code and all.
+        load_checked(uri, cfg.tracking.uri, trusted=[uri])
+        assert marker.exists()
+    finally:
+        weights.write_bytes(original_weights)
+        mlmodel.write_text(original_mlmodel)
+        (artifacts / "code" / "evil_loader.py").unlink(missing_ok=True)
+
+    # A model that is not one of ours (a pickled python_model) registered under our name.
+    class Anything(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input: list[str], params=None) -> list[str]:  # noqa: ANN001
+            return model_input
+
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    with mlflow.start_run(experiment_id=client.get_run(run_id).info.experiment_id):
+        foreign = mlflow.pyfunc.log_model(name="generator", python_model=Anything())
+    version = client.create_model_version(GENERATOR, foreign.model_uri, model_id=foreign.model_id).version
+    with pytest.raises(UntrustedModelError, match="not a package of this project"):
+        sample(f"{GENERATOR}/{version}", 4, project / "refused.png", cfg)
