@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from fnmatch import fnmatch
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -232,6 +233,15 @@ class FlowConfig(_Section):
     train_timeout_s: float | None = Field(
         6 * 3600.0, gt=0, description="stop the Ray job and fail its MLflow run after this long; null: never"
     )
+    served_overrides: list[str] = Field(
+        [
+            "seed", "model.*", "train.*", "evaluate.*", "sweep.*", "data.synthetic.*", "data.val_size",
+            "data.labels_per_class", "data.label_seed", "ray.num_workers", "ray.cpus_per_worker",
+        ],
+        description="keys (shell patterns) a run of a served deployment may override beyond what it was "
+        "served with; a key that names a place (a path, a URI, an address, trusted models) only if listed "
+        "exactly",
+    )  # fmt: skip
 
 
 class SweepConfig(_Section):
@@ -342,6 +352,40 @@ def _format_errors(err: ValidationError, origin: str) -> str:
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
+
+
+# Keys that point outputs, data, tracking, weights or a cluster somewhere, or decide what code runs
+# (besides every path-typed key): a served deployment's runs change them only where allowed by name.
+_PLACE_NAMES = frozenset({"uri", "address", "storage_path", "trusted_models", "served_overrides"})
+
+
+def place_keys(model: type[BaseModel] | None = None, prefix: str = "") -> frozenset[str]:
+    """The dotted keys of the config that name places (`_PLACE_NAMES` and every `Path` field)."""
+    found: set[str] = set()
+    for name, field in (model or Config).model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            found |= place_keys(annotation, f"{prefix}{name}.")
+        elif name in _PLACE_NAMES or annotation is Path or Path in get_args(annotation):
+            found.add(prefix + name)
+    return frozenset(found)
+
+
+def refused_overrides(overrides: list[str], allowed: list[str], served: list[str]) -> list[str]:
+    """The keys of `overrides` that a run of a served deployment may not set: each override must be
+    one the deployment was served with (`served`), or its key must match a pattern of `allowed`
+    (`flow.served_overrides`), a place key (`place_keys`) only by its exact name."""
+    places = place_keys()
+    refused = []
+    for text in overrides:
+        if text in served:
+            continue
+        key = ".".join(parse_override(text)[0])
+        holds_a_place = key in places or any(p.startswith(f"{key}.") for p in places)
+        if key in allowed or (not holds_a_place and any(fnmatch(key, pattern) for pattern in allowed)):
+            continue
+        refused.append(key)
+    return refused
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -455,7 +456,7 @@ def schedule_cmd(
     """
     from prefect.schedules import Cron
 
-    from pipelines.flows import retrain
+    from pipelines.flows import SERVED_ENV, retrain
 
     _config(config, overrides, dry_run=False)  # a bad config fails now, not at 3 a.m.
     check_timezone(timezone)  # Prefect accepts any string here, and the schedule then never fires
@@ -463,16 +464,10 @@ def schedule_cmd(
         schedule = Cron(cron, timezone=timezone)
     except ValueError as e:
         raise GanOpsError(f"--cron {cron!r}: {e}") from None
-    retrain.serve(
-        name=name,
-        schedule=schedule,
-        parameters={
-            "config_path": str(config),
-            "overrides": list(overrides or []),
-            "project": str(Path.cwd()),
-        },
-        tags=["ganops"],
-    )
+    parameters = {"config_path": str(config), "overrides": list(overrides or []), "project": str(Path.cwd())}
+    # The runs it starts check their parameters against these (`flows.check_served_run`).
+    os.environ[SERVED_ENV] = json.dumps(parameters)
+    retrain.serve(name=name, schedule=schedule, parameters=parameters, tags=["ganops"])
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ retry with exponential backoff.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
-from gan_models.config import DEFAULT_PARAMS, Config, load_config, redact_secrets
+from gan_models.config import DEFAULT_PARAMS, Config, load_config, redact_secrets, refused_overrides
 from gan_models.data.prepared import MANIFEST, sha256_file
 from gan_models.errors import GanOpsError
 from pipelines.tracking import ensure_experiment, finished_run, resolve_target, training_key
@@ -45,6 +46,43 @@ TRANSIENT = {
     "retry_delay_seconds": exponential_backoff(backoff_factor=5),
     "retry_condition_fn": _transient,
 }
+
+
+# What `ganops schedule` served its deployment with, for the runs it starts (they inherit its environment).
+SERVED_ENV = "GANOPS_SERVED_PARAMETERS"
+
+
+def served_parameters() -> dict[str, Any] | None:
+    """In a run of a deployment: the parameters its operator served it with, else None (a direct call)."""
+    from prefect.runtime import deployment
+
+    if deployment.id is None:
+        return None
+    raw = os.environ.get(SERVED_ENV)
+    return json.loads(raw) if raw else dict(deployment.parameters or {})
+
+
+def check_served_run(
+    config_path: str, overrides: list[str], project: str | None, served: dict[str, Any]
+) -> None:
+    """A run of a served deployment (anyone with the Prefect UI can start one, with any parameters) keeps
+    the project and params file it was served with, and overrides only what `flow.served_overrides` of
+    the served config allows beyond the served overrides; a clear error otherwise, before any work."""
+    for key, asked in (("project", project), ("config_path", config_path)):
+        if asked != served.get(key):
+            raise GanOpsError(
+                f"this deployment was served with {key}={served.get(key)!r}; a run of it may not change it "
+                f"(asked: {asked!r})"
+            )
+    root = Path(served["project"] or Path.cwd())
+    trusted = list(served.get("overrides") or [])
+    base = load_config(root / served["config_path"], trusted)
+    refused = refused_overrides(overrides, base.flow.served_overrides, trusted)
+    if refused:
+        raise GanOpsError(
+            f"a run of this deployment may not override {', '.join(refused)} (flow.served_overrides allows "
+            f"{', '.join(base.flow.served_overrides)}; a key naming a place only by its exact name)"
+        )
 
 
 # Prefect tasks: thin wrappers.
@@ -162,6 +200,9 @@ def retrain(
 ) -> dict[str, Any]:
     """Version the data, train with Ray Train (skipped if this data and config already trained), evaluate,
     promote; publish a summary artifact."""
+    served = served_parameters()
+    if served is not None:
+        check_served_run(config_path, list(overrides or []), project, served)
     root = Path(project or Path.cwd()).resolve()
     if run_name is not None:
         check_run_name(run_name)

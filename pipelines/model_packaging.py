@@ -179,7 +179,9 @@ def check_package(model_dir: Path, recorded_sha256: str | None, what: str) -> Pa
             f"not a package of this project (flavours {sorted(flavors)}, loader "
             f"{pyfunc.get('loader_module') or pyfunc.get('python_model')!r}; expected {__name__})"
         )
-    pickled = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    pickled = sorted(
+        str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.suffix in PICKLE_SUFFIXES
+    )
     if pickled:
         raise refuse(f"it carries pickled files ({', '.join(pickled)})")
     data = (model_dir / str(pyfunc.get("data", ""))).resolve()

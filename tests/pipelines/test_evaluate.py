@@ -218,7 +218,9 @@ def test_models_load_as_checked_packages_and_never_run_bundled_code(project: Pat
         (artifacts / "code" / "evil_loader.py").write_text(
             f"open({str(marker)!r}, 'w').close()\nfrom pipelines.model_packaging import _load_pyfunc\n"
         )
-        mlmodel.write_text(original_mlmodel.replace("loader_module: pipelines.model_packaging", "loader_module: evil_loader"))
+        mlmodel.write_text(
+            original_mlmodel.replace("loader_module: pipelines.model_packaging", "loader_module: evil_loader")
+        )
         with pytest.raises(UntrustedModelError, match="not a package of this project.*evil_loader"):
             load_checked(uri, cfg.tracking.uri)
         assert not marker.exists()

