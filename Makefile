@@ -7,7 +7,7 @@ SHARED ?= $(abspath ../shared/datasets)
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen --compile-bytecode   # every process (each Ray worker too) then skips compiling its imports
+	$(UV) sync --frozen --extra auth --compile-bytecode   # every process (each Ray worker too) then skips compiling its imports
 
 # The whole pipeline on the embedded defaults, sized for a 2-core CPU machine (README: figures and time;
 # benchmarks/demo_recipe.py measures the recipe against its alternatives): synthetic-svhn rendered at
@@ -32,7 +32,7 @@ test: install
 	GANOPS_SHARED_DATASETS=$(SHARED) $(UV) run pytest
 
 test-slow: install
-	$(UV) sync --frozen --extra postgres   # the PostgreSQL path of infra/ (runs where PostgreSQL is installed)
+	$(UV) sync --frozen --extra postgres --extra auth   # the PostgreSQL path of infra/ (where PostgreSQL is installed)
 	GANOPS_SHARED_DATASETS=$(SHARED) $(UV) run --extra postgres pytest -m slow
 
 # On a machine with CUDA: the `gpu` tests (skipped elsewhere), and the GPU benchmark's one table.

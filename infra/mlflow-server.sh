@@ -23,6 +23,11 @@
 #   GANOPS_SERVICES_DIR [<project>/.services]
 #   MLFLOW_SERVER_ALLOWED_HOSTS: Host headers accepted (MLflow's default: localhost and private IPs)
 #   MLFLOW_SERVER_ENABLE_JOB_EXECUTION [false]: MLflow's job runner (GenAI scorers), unused by the pipeline
+#   MLFLOW_AUTH [none]: `basic` serves MLflow's basic-auth app (needs `uv sync --extra auth`): users and
+#     permissions in $GANOPS_SERVICES_DIR/mlflow/auth/, an `admin` user whose password is
+#     MLFLOW_AUTH_ADMIN_PASSWORD or a generated one (auth/admin-password, mode 600), a CSRF secret
+#     MLFLOW_FLASK_SERVER_SECRET_KEY or a generated one (auth/secret-key); what other users may do by
+#     default: MLFLOW_AUTH_DEFAULT_PERMISSION [READ] (READ, EDIT, MANAGE or NO_PERMISSIONS).
 #   and, for the local PostgreSQL, those of infra/postgres-start.sh.
 set -euo pipefail
 here=$(dirname "${BASH_SOURCE[0]}")
@@ -86,7 +91,47 @@ use_local_postgres() {
     store="postgresql+$driver$store"
 }
 
+# A secret kept in a file of mode 600 under the auth folder: the file's content, created once.
+secret_file() {
+    local file=$1
+    if [[ ! -s $file ]]; then
+        (umask 077 && "$python" -c 'import secrets; print(secrets.token_urlsafe(24))' >"$file.tmp")
+        mv "$file.tmp" "$file"
+    fi
+    cat "$file"
+}
+
+# MLflow's basic-auth app: its config file, the admin password and the CSRF key; sets `app_args`.
+use_basic_auth() {
+    "$python" -c 'import flask_wtf' 2>/dev/null ||
+        die "MLFLOW_AUTH=basic needs MLflow's auth extra in $python: \`uv sync --extra auth\`"
+    local auth_dir=$mlflow_dir/auth permission=${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}
+    case $permission in READ | EDIT | MANAGE | NO_PERMISSIONS) ;; *)
+        die "MLFLOW_AUTH_DEFAULT_PERMISSION=$permission: use READ, EDIT, MANAGE or NO_PERMISSIONS" ;;
+    esac
+    mkdir -p "$auth_dir"
+    chmod 700 "$auth_dir"
+    export MLFLOW_AUTH_ADMIN_PASSWORD=${MLFLOW_AUTH_ADMIN_PASSWORD:-$(secret_file "$auth_dir/admin-password")}
+    export MLFLOW_FLASK_SERVER_SECRET_KEY=${MLFLOW_FLASK_SERVER_SECRET_KEY:-$(secret_file "$auth_dir/secret-key")}
+    export MLFLOW_AUTH_CONFIG_PATH=$auth_dir/basic_auth.ini
+    cat >"$MLFLOW_AUTH_CONFIG_PATH" <<INI
+[mlflow]
+default_permission = $permission
+database_uri = sqlite:///$auth_dir/users.db
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+    app_args=(--app-name basic-auth)
+    log "authentication: MLflow basic auth, user admin (password in $auth_dir/admin-password unless given)"
+}
+
 case $backend in auto | postgres | sqlite) ;; *) die "GANOPS_MLFLOW_BACKEND=$backend: use auto, postgres or sqlite" ;; esac
+app_args=()
+case ${MLFLOW_AUTH:-none} in
+    none) ;;
+    basic) use_basic_auth ;;
+    *) die "MLFLOW_AUTH=$MLFLOW_AUTH: use none or basic" ;;
+esac
 
 if [[ -n ${MLFLOW_BACKEND_STORE_URI:-} ]]; then
     store=$MLFLOW_BACKEND_STORE_URI
@@ -114,5 +159,9 @@ export MLFLOW_BACKEND_STORE_URI=$store
 log "backend store: ${store//:\/\/*@/://***@}"
 log "artifacts:     $artifacts"
 printf 'export MLFLOW_TRACKING_URI=http://%s:%s\n' "$(client_host "$host")" "$port"
+if [[ ${#app_args[@]} -gt 0 ]]; then
+    # Clients authenticate with these (MLflow reads them); other users are created through its API or UI.
+    printf 'export MLFLOW_TRACKING_USERNAME=admin\nexport MLFLOW_TRACKING_PASSWORD=%q\n' "$MLFLOW_AUTH_ADMIN_PASSWORD"
+fi
 exec "$python" -m mlflow server --host "$host" --port "$port" --workers "$workers" \
-    --serve-artifacts --artifacts-destination "$artifacts" "$@"
+    --serve-artifacts --artifacts-destination "$artifacts" "${app_args[@]}" "$@"

@@ -184,6 +184,50 @@ def test_mlflow_server_tracks_over_http_on_sqlite(tmp_path: Path) -> None:
         assert get(api, host="attacker.example") == 403
 
 
+def test_mlflow_server_with_basic_auth_refuses_anonymous_clients(tmp_path: Path) -> None:
+    """MLFLOW_AUTH=basic: no request gets in without credentials; the printed ones do (admin, a
+    generated password kept in a file of mode 600)."""
+    from mlflow import MlflowClient
+
+    port = free_port()
+    services = tmp_path / "services"
+    env = script_env(
+        GANOPS_SERVICES_DIR=str(services), GANOPS_MLFLOW_BACKEND="sqlite", MLFLOW_PORT=str(port),
+        MLFLOW_WORKERS="1", MLFLOW_AUTH="basic",
+    )  # fmt: skip
+    with service("mlflow-server.sh", env, tmp_path / "mlflow.log") as server:
+        server.wait_http(f"http://127.0.0.1:{port}/health")
+        printed = exports(server.output())
+        api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert get(api) == 401
+        password = (services / "mlflow" / "auth" / "admin-password").read_text().strip()
+        assert (
+            printed["MLFLOW_TRACKING_USERNAME"] == "admin" and printed["MLFLOW_TRACKING_PASSWORD"] == password
+        )
+        assert (services / "mlflow" / "auth" / "admin-password").stat().st_mode & 0o077 == 0
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password)
+        try:
+            assert MlflowClient(printed["MLFLOW_TRACKING_URI"]).create_experiment("with-auth")
+        finally:
+            del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+
+
+def test_mlflow_server_with_basic_auth_needs_the_auth_extra(tmp_path: Path) -> None:
+    (tmp_path / "shadow" / "flask_wtf").mkdir(parents=True)
+    (tmp_path / "shadow" / "flask_wtf" / "__init__.py").write_text(
+        "raise ImportError('hidden by the test')\n"
+    )
+    env = script_env(
+        GANOPS_SERVICES_DIR=str(tmp_path / "services"), MLFLOW_PORT=str(free_port()), MLFLOW_AUTH="basic",
+        GANOPS_MLFLOW_BACKEND="sqlite", PYTHONPATH=str(tmp_path / "shadow"),
+    )  # fmt: skip
+    result = subprocess.run(
+        [str(INFRA / "mlflow-server.sh")], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 1 and "uv sync --extra auth" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_mlflow_server_refuses_a_store_whose_driver_is_missing(tmp_path: Path) -> None:
     env = script_env(
         GANOPS_SERVICES_DIR=str(tmp_path / "services"),
