@@ -145,6 +145,17 @@ def data_pull(repo: Annotated[Path, typer.Option(help="the DVC project")] = Path
     typer.echo(f"data version: {version}")
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (a stopped RayJob, `kill`, a supervisor) as SystemExit(143): the run's cleanup runs (its
+    MLflow run ends KILLED, a local Ray instance stops) instead of the process vanishing mid-write."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 @app.command("train")
 def train_cmd(
     no_ray: Annotated[bool, typer.Option("--no-ray", help="run the training loop in this process")] = False,
@@ -166,6 +177,7 @@ def train_cmd(
     """Train the configured model on the prepared (and verified) dataset: Ray Train, or in this process."""
     extra = [f"ray.address={address}"] if address else []
     cfg = _config(config, (overrides or []) + extra, dry_run)
+    _exit_on_sigterm()
     if no_ray:
         from pipelines.train import train_local
 

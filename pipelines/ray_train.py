@@ -30,7 +30,7 @@ from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import GanOpsError
 from gan_models.training.loop import BEST_NAME, CHECKPOINT_NAME, EpochReport, check_trainable
 from pipelines.quiet import environ, quiet
-from pipelines.tracking import EXTRA_KEY, TrackingTarget, mark_failed
+from pipelines.tracking import EXTRA_KEY, TrackingTarget, mark_failed, mark_stopped
 from pipelines.train import (
     Preflight,
     check_run_name,
@@ -300,15 +300,20 @@ def _launch(cfg: Config, name: str, dataset: PreparedDataset, checks: Preflight)
     if done >= cfg.train.epochs:
         return f"{name}: already trained for {done} epochs (Ray run {cfg.ray.storage_path}/{name})"
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    with ray_session(cfg) as available:
-        use_gpu = wants_gpu(cfg, available.get("GPU", 0))
-        check_resources(cfg, use_gpu, available, f"the Ray cluster ({address or 'local'})")
-        try:
-            result = torch_trainer(cfg, name, checks, use_gpu).fit()
-        except TrainingFailedError as e:
-            if checks.target is not None:
-                mark_failed(checks.target, name, e)
-            raise ClusterError(f"Ray Train run {name} failed: {e}") from e
+    try:
+        with ray_session(cfg) as available:
+            use_gpu = wants_gpu(cfg, available.get("GPU", 0))
+            check_resources(cfg, use_gpu, available, f"the Ray cluster ({address or 'local'})")
+            try:
+                result = torch_trainer(cfg, name, checks, use_gpu).fit()
+            except TrainingFailedError as e:
+                if checks.target is not None:
+                    mark_failed(checks.target, name, e)
+                raise ClusterError(f"Ray Train run {name} failed: {e}") from e
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, SIGTERM: marked once the workers are gone
+        if checks.target is not None:
+            mark_stopped(checks.target, name, f"interrupted ({type(e).__name__})", by="signal")
+        raise
     metrics = result.metrics or {}
     return (
         f"{name}: {metrics.get('epoch')} epochs, {metrics.get('step')} steps on {cfg.ray.num_workers} "

@@ -381,13 +381,21 @@ class RunTracker:
         step("ending the run", lambda: mlflow.end_run("FINISHED"))
 
     def fail(self, error: BaseException) -> None:
-        """Record `error` (message as a tag, traceback as error.txt) and end the run FAILED."""
+        """Record `error` (message as a tag, traceback as error.txt) and end the run FAILED; a run that
+        was interrupted (Ctrl-C, SIGTERM: `KeyboardInterrupt`, `SystemExit`) ends KILLED instead."""
         import mlflow
 
-        with contextlib.suppress(Exception):  # the original error matters more than a logging failure
-            mlflow.set_tag("error", redact_secrets(f"{type(error).__name__}: {error}")[:4000])
-            mlflow.log_text(redact_secrets("".join(traceback.format_exception(error))), "error.txt")
-        mlflow.end_run("FAILED")
+        interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
+        with contextlib.suppress(Exception), _fail_fast():  # the original error matters more
+            if interrupted:
+                mlflow.set_tags(
+                    {"stop_reason": f"interrupted ({type(error).__name__})", "ganops.stopped_by": "signal"}
+                )
+            else:
+                mlflow.set_tag("error", redact_secrets(f"{type(error).__name__}: {error}")[:4000])
+                mlflow.log_text(redact_secrets("".join(traceback.format_exception(error))), "error.txt")
+        with contextlib.suppress(Exception), _fail_fast():
+            mlflow.end_run("KILLED" if interrupted else "FAILED")
 
     def _loss_figure(self) -> Any:
         import mlflow
@@ -433,8 +441,9 @@ def mark_failed(target: TrackingTarget, run_name: str, error: BaseException) -> 
             client.set_terminated(run_id, "FAILED")
 
 
-def mark_stopped(target: TrackingTarget, run_name: str, reason: str) -> None:
-    """End the run of `run_name` KILLED (stopped on purpose, not failed) with `reason`, if still RUNNING."""
+def mark_stopped(target: TrackingTarget, run_name: str, reason: str, by: str = "scheduler") -> None:
+    """End the run of `run_name` KILLED (stopped on purpose, not failed) with `reason`, if still RUNNING;
+    `by`: who stopped it (Tune's "scheduler", a "cancel" of its flow run)."""
     import mlflow
 
     with contextlib.suppress(Exception), _fail_fast():
@@ -442,7 +451,7 @@ def mark_stopped(target: TrackingTarget, run_name: str, reason: str) -> None:
         client = mlflow.MlflowClient(target.uri)
         if run_id and client.get_run(run_id).info.status == "RUNNING":
             client.set_tag(run_id, "stop_reason", reason)
-            client.set_tag(run_id, "ganops.stopped_by", "scheduler")
+            client.set_tag(run_id, "ganops.stopped_by", by)
             client.set_terminated(run_id, "KILLED")
 
 

@@ -51,6 +51,7 @@ from pipelines.tracking import (
     ensure_experiment,
     logged_epochs,
     mark_failed,
+    mark_stopped,
     resolve_target,
     run_status,
     source_tags,
@@ -306,8 +307,9 @@ def _train_local(cfg: Config, name: str, dataset: PreparedDataset, checks: Prefl
 def train_job(cfg: Config, project: Path, run_name: str, timeout_s: float | None) -> None:
     """Run `ganops train` (Ray Train) in a child process, as MLflow run `run_name`.
 
-    On timeout, or when the caller is cancelled, the child's whole process group is killed: the Ray
-    driver goes, so does its job; a timeout also ends the MLflow run FAILED.
+    On timeout, or when the caller is cancelled (Prefect's cancellation arrives as a SIGTERM that its
+    engine raises here; Ctrl-C as KeyboardInterrupt), the child's whole process group is killed: the Ray
+    driver goes, so does its job. A timeout ends the MLflow run FAILED, a cancellation KILLED.
     """
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="ganops-", delete=False) as f:
         f.write(cfg.to_yaml())
@@ -322,8 +324,12 @@ def train_job(cfg: Config, project: Path, run_name: str, timeout_s: float | None
         if cfg.tracking.enabled:
             mark_failed(resolve_target(cfg.tracking, project), run_name, error)
         raise error from None
-    except BaseException:  # the flow was cancelled: take the job down with it
+    except BaseException as e:  # the flow was cancelled: take the job down with it
         os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        if cfg.tracking.enabled:
+            reason = f"cancelled ({type(e).__name__}) while training"
+            mark_stopped(resolve_target(cfg.tracking, project), run_name, reason, by="cancel")
         raise
     finally:
         os.unlink(f.name)

@@ -8,7 +8,9 @@ trains 2 Ray workers (one per node), evaluates with the domain metric and promot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 import ray
 from prefect.client.orchestration import get_client
@@ -190,31 +193,30 @@ def test_unlabelled_celeba_flow_ends_with_a_champion_ranked_by_inception_fid(
     assert champion.metrics["inception_fid"] == pytest.approx(result["metrics"]["inception_fid"])
 
 
-def test_schedule_serves_a_deployment_whose_runs_cannot_point_outputs_elsewhere(
-    services: dict[str, str], project: Path
-) -> None:
-    """`ganops schedule` serves a cron deployment with the config as parameters; anyone with the Prefect
-    UI can start a run of it with other parameters, and one that points tracking elsewhere is refused."""
-    from prefect.deployments import run_deployment
-
+@contextlib.contextmanager
+def served(services: dict[str, str], project: Path, name: str, *overrides: str) -> Iterator[object]:
+    """`ganops schedule` serving deployment `retrain/NAME` (weekly cron) from `project`: the deployment."""
     env = {
+        **os.environ,
         "PREFECT_API_URL": services["prefect"],
         "PATH": str(Path(sys.executable).parent),
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
-    command = [
-        sys.executable, "-m", "pipelines", "schedule", "--cron", "0 3 * * 1", "--name", "weekly",
-        "--set", "train.epochs=3",
-    ]  # fmt: skip
+    command = [sys.executable, "-m", "pipelines", "schedule", "--cron", "0 3 * * 1", "--name", name]
+    command += [f"--set={o}" for o in overrides]
     server = subprocess.Popen(
-        command, cwd=project, env={**__import__("os").environ, **env}, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        command,
+        cwd=project,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
     async def deployment() -> object | None:
         async with get_client() as client:
             try:
-                return await client.read_deployment_by_name("retrain/weekly")
+                return await client.read_deployment_by_name(f"retrain/{name}")
             except Exception:
                 return None
 
@@ -226,10 +228,21 @@ def test_schedule_serves_a_deployment_whose_runs_cannot_point_outputs_elsewhere(
                 found = asyncio.run(deployment())
                 time.sleep(1)
             assert found is not None, server.stdout.read().decode(errors="replace")[-3000:]
-            hijack = ["train.epochs=3", "tracking.uri=http://attacker.example:5000"]
-            run = run_deployment("retrain/weekly", parameters={"overrides": hijack}, timeout=240)
+            yield found
     finally:
         stop(server)
+
+
+def test_schedule_serves_a_deployment_whose_runs_cannot_point_outputs_elsewhere(
+    services: dict[str, str], project: Path
+) -> None:
+    """`ganops schedule` serves a cron deployment with the config as parameters; anyone with the Prefect
+    UI can start a run of it with other parameters, and one that points tracking elsewhere is refused."""
+    from prefect.deployments import run_deployment
+
+    with served(services, project, "weekly", "train.epochs=3") as found:
+        hijack = ["train.epochs=3", "tracking.uri=http://attacker.example:5000"]
+        run = run_deployment("retrain/weekly", parameters={"overrides": hijack}, timeout=240)
     (schedule,) = found.schedules
     assert schedule.schedule.cron == "0 3 * * 1" and schedule.active
     assert found.parameters["overrides"] == ["train.epochs=3"]
@@ -238,6 +251,53 @@ def test_schedule_serves_a_deployment_whose_runs_cannot_point_outputs_elsewhere(
     assert "may not override tracking.uri" in str(run.state.message) + str(
         run.state.result(raise_on_failure=False)
     )
+
+
+@pytest.mark.slow
+def test_cancelling_a_flow_run_stops_its_training_and_ends_its_mlflow_run(
+    services: dict[str, str], project: Path
+) -> None:
+    """Cancelled in Prefect's UI while training: the flow run ends Cancelled, its `ganops train` child and
+    Ray job go, and its MLflow run ends KILLED (stopped by the cancel), not RUNNING forever."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelling
+
+    long = overrides(services, "cancel", "train.epochs=200")
+    client = mlflow.MlflowClient(services["mlflow"])
+    with served(services, project, "cancel", *long):
+        flow_run = run_deployment("retrain/cancel", timeout=0)
+
+        def running() -> list[object]:
+            experiment = client.get_experiment_by_name("cancel")
+            if experiment is None:
+                return []
+            found = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+            return [r for r in found if "d_loss" in r.data.metrics]  # an epoch is done
+
+        deadline = time.monotonic() + 300
+        while not running():
+            assert time.monotonic() < deadline, "training never logged an epoch"
+            time.sleep(1)
+        (training,) = running()
+
+        async def cancel_and_wait() -> object:
+            async with get_client() as prefect:
+                await prefect.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+                for _ in range(120):
+                    state = (await prefect.read_flow_run(flow_run.id)).state
+                    if state is not None and state.is_final():
+                        return state
+                    await asyncio.sleep(1)
+                return state
+
+        with temporary_settings({PREFECT_API_URL: services["prefect"]}):
+            state = asyncio.run(cancel_and_wait())
+    assert state.type == StateType.CANCELLED, state
+    run = client.get_run(training.info.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["ganops.stopped_by"] == "cancel"
+    trainers = [p for p in psutil.process_iter(["cmdline"]) if "--run-name" in (p.info["cmdline"] or [])]
+    assert not trainers, [p.info["cmdline"] for p in trainers]
 
 
 def test_a_served_run_keeps_its_project_and_params_file_and_overrides_only_what_is_allowed(

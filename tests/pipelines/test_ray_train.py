@@ -265,6 +265,41 @@ def test_replica_check_names_the_parameter_that_differs(ray_cluster: None, tmp_p
     assert "differ from rank 0's after a perturbation: discriminator.bias" in str(failure.value)
 
 
+def test_sigterm_to_the_driver_ends_its_mlflow_run_killed_and_its_workers(
+    ray_cluster: None, tmp_path: Path, store: Path
+) -> None:
+    """A stopped RayJob, `kill`, a supervisor: SIGTERM lets `ganops train` clean up. Its MLflow run ends
+    KILLED with the reason (not RUNNING forever), and the run's Ray Train workers go."""
+    import os
+
+    cfg = ray_config(tmp_path, store, "sigterm", "train.epochs=50")
+    params = tmp_path / "params.yaml"
+    params.write_text(cfg.to_yaml())
+    env = os.environ | {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "train", "--run-name", "sigterm", "--config", str(params)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not committed_epochs(tmp_path, "sigterm"):
+            assert driver.poll() is None and time.monotonic() < deadline, driver.stderr.read()
+            time.sleep(0.05)
+        driver.terminate()
+        code = driver.wait(120)
+    finally:
+        driver.kill()
+    assert code != 0, driver.stderr.read()[-4000:]
+    run = only_run(cfg)
+    assert run.info.status == "KILLED", run.info.status
+    assert run.data.tags["stop_reason"] == "interrupted (SystemExit)"
+    assert run.data.tags["ganops.stopped_by"] == "signal"
+    deadline = time.monotonic() + 60
+    while _ray_train_workers() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_train_workers()
+
+
 @pytest.mark.slow
 def test_killed_driver_relaunched_with_the_same_name_resumes_and_completes(
     ray_cluster: None, tmp_path: Path, store: Path
