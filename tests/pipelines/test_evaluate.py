@@ -243,3 +243,49 @@ def test_models_load_as_checked_packages_and_never_run_bundled_code(project: Pat
     version = client.create_model_version(GENERATOR, foreign.model_uri, model_id=foreign.model_id).version
     with pytest.raises(UntrustedModelError, match="not a package of this project"):
         sample(f"{GENERATOR}/{version}", 4, project / "refused.png", cfg)
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("http", marks=pytest.mark.slow)])
+def test_training_evaluation_and_promotion_write_to_one_store_at_once(
+    store: str, project: Path, tmp_path: Path
+) -> None:
+    """Three processes on one MLflow store at the same moment (a retrain's training beside an
+    evaluation and a promotion of an earlier run): each completes, and nothing any of them wrote is lost."""
+    from contextlib import nullcontext
+
+    from pipelines.evaluate import evaluation_of_run
+    from tests.services import mlflow_server
+
+    server = mlflow_server(tmp_path / "mlflow") if store == "http" else nullcontext(None)
+    with server as url:
+        uri = url or f"sqlite:///{tmp_path / 'store.db'}"
+        cfg = config(project, f"tracking.uri={uri}", f"train.output_dir={tmp_path / 'runs'}",
+                     f"tracking.artifact_root={tmp_path / 'artifacts'}", f"promotion.lock_dir={tmp_path / 'locks'}")  # fmt: skip
+        train_local(cfg, "earlier")
+        earlier = find_run(resolve_target(cfg.tracking), "earlier")
+        assert earlier is not None
+        first = evaluate_run(earlier, cfg, project=project).evaluation.metrics
+        params = tmp_path / "params.yaml"
+        params.write_text(cfg.to_yaml())
+        ganops = [sys.executable, "-m", "pipelines"]
+        commands = {
+            "train": [*ganops, "train", "--no-ray", "--run-name", "busy", "-c", str(params), "--set", "train.epochs=3"],
+            "evaluate": [*ganops, "evaluate", "--run", earlier, "-c", str(params)],
+            "promote": [*ganops, "promote", "--run", earlier, "-c", str(params)],
+        }  # fmt: skip
+        processes = {
+            name: subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for name, command in commands.items()
+        }  # fmt: skip
+        outputs = {name: p.communicate(timeout=600)[0] for name, p in processes.items()}
+        for name, p in processes.items():
+            assert p.returncode == 0, f"{name}:\n{outputs[name]}"
+
+        client = mlflow.MlflowClient(uri)
+        busy = client.get_run(find_run(resolve_target(cfg.tracking), "busy"))
+        assert busy.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(busy.info.run_id, "d_loss")) == [1, 2, 3]
+        again = evaluation_of_run(client.get_run(earlier))
+        assert again is not None and again[0]["test_accuracy"] == pytest.approx(first["test_accuracy"])
+        champion = Registry(uri).by_alias(GENERATOR, CHAMPION)
+        assert champion is not None and champion.run_id == earlier
