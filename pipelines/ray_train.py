@@ -287,7 +287,9 @@ def launch(cfg: Config, run_name: str | None = None, project: Path | None = None
         local = local_resources()
         check_resources(cfg, wants_gpu(cfg, local["GPU"]), local, "this machine")
     check_trainable(cfg, dataset, cfg.ray.num_workers)  # a batch per rank: Ray would retry it forever
-    with run_lock(cfg, name):  # one launcher per run name: one MLflow run, one Ray storage path
+    # One launcher per run name (one MLflow run, one Ray storage path), locked where its checkpoints are.
+    shared = None if "://" in str(cfg.ray.storage_path) else Path(str(cfg.ray.storage_path))
+    with run_lock(cfg, name, shared):
         return _launch(cfg, name, dataset, checks)
 
 

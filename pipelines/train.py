@@ -82,14 +82,19 @@ def check_run_name(name: str) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(cfg: Config, run_name: str) -> Iterator[None]:
+def run_lock(cfg: Config, run_name: str, root: Path | None = None) -> Iterator[None]:
     """Hold run `run_name` for this launcher: a second launcher of the same name (a Prefect retry racing
     the first, two users) fails at once, naming the holder, instead of creating a second MLflow run or
-    sharing one checkpoint directory. An OS file lock under `train.output_dir`: it ends with its
-    process, so a launcher that was killed holds nothing."""
+    sharing one checkpoint directory.
+
+    An OS file lock in `root`, the storage that holds the run's checkpoints (default
+    `train.output_dir`; the Ray launcher passes `ray.storage_path`), so launchers on other machines
+    that share that storage (NFS: Linux takes these locks on the server) see it too. It ends with its
+    process: a launcher that was killed holds nothing. Checkpoints on object storage (`s3://...`) have
+    no such lock; the launcher's `train.output_dir` then holds it, for that machine alone."""
     from filelock import FileLock, Timeout
 
-    root = Path(cfg.train.output_dir)
+    root = Path(root or cfg.train.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(root / f".{run_name}.lock"), timeout=0)
     holder = root / f".{run_name}.holder"

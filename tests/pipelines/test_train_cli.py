@@ -160,6 +160,30 @@ def test_a_second_launcher_of_the_same_run_name_is_refused_naming_the_holder(dvc
     )
 
 
+def test_ray_launchers_of_one_run_name_on_shared_checkpoint_storage_exclude_each_other(
+    dvc_repo: Path, tmp_path: Path
+) -> None:
+    """Two machines with their own train.output_dir and one shared ray.storage_path (NFS): the lock is
+    where the checkpoints are, so the second launcher is refused before Ray starts."""
+    run([*GANOPS, "data", "prepare", "--no-version", *TINY], cwd=dvc_repo)
+    shared = tmp_path / "shared-checkpoints"
+    holder = subprocess.Popen(  # the other machine's launcher, holding the lock on the shared storage
+        [sys.executable, "-c", _HOLD, str(shared)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run(
+            [*GANOPS, "train", "--run-name", "r", *TINY, *MODEL, "--set", f"ray.storage_path={shared}",
+             "--set", "ray.num_workers=1"],
+            cwd=dvc_repo, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 2 and f"run r is being trained by process {holder.pid}" in proc.stderr
+        assert "Ray dashboard" not in proc.stdout + proc.stderr  # refused before Ray started
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 _HOLD = """
 import sys, time
 import subprocess
