@@ -120,6 +120,11 @@ def evaluate_run(
     project = (project or Path.cwd()).resolve()
     target = resolve_target(cfg.tracking, project)
     run = get_finished_run(target, run_id)
+    if report is None:
+        # The run name comes from the store, where anyone may have written it: it must stay one folder.
+        from pipelines.train import check_run_name
+
+        report = project / cfg.train.output_dir / check_run_name(run.info.run_name) / REPORT_NAME
     trained = run_config(target, run)
     dataset = dataset_of_run(run, trained, (project / cfg.data.root).resolve())
     models = run_models(target, run_id)
@@ -156,7 +161,6 @@ def evaluate_run(
     body = {"run_id": run_id, "run_name": run.info.run_name, **evaluation.to_dict()}
     body["models"] = {kind: m.model_uri for kind, m in models.items()}
     client.log_dict(run_id, body, REPORT_NAME)
-    report = report or (project / cfg.train.output_dir / run.info.run_name / REPORT_NAME)
     write_json(report, body)
     return RunEvaluation(
         run_id, run.info.run_name, evaluation, report, {k: m.model_uri for k, m in models.items()}

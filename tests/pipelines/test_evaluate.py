@@ -129,6 +129,20 @@ def test_unknown_run_is_a_clear_error(project: Path) -> None:
         evaluate_run("feedbeef", config(project), project=project)
 
 
+def test_a_run_named_to_escape_the_output_folder_writes_no_report(project: Path) -> None:
+    """The report's folder is named after the run, and the store holds whatever name anyone gave it."""
+    cfg = config(project)
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment) or client.get_experiment(
+        client.create_experiment(cfg.tracking.experiment)
+    )
+    run = client.create_run(experiment.experiment_id, run_name="../../escaped")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    with pytest.raises(GanOpsError, match=r"run name '../../escaped'.*may not leave train.output_dir"):
+        evaluate_run(run.info.run_id, cfg, project=project)
+    assert not (project.parent / "escaped").exists()
+
+
 def test_promoted_champion_samples_loads_and_serves(project: Path, run_id: str) -> None:
     cfg = config(project)
     if "eval.signature" not in mlflow.MlflowClient(cfg.tracking.uri).get_run(run_id).data.tags:
