@@ -158,6 +158,11 @@ class TrackingConfig(_Section):
         Path("mlruns"), description="artifacts of new experiments on the default store"
     )
     log_models: bool = Field(True, description="log the final generator (and classifier) as MLflow models")
+    system_metrics_s: float | None = Field(
+        10.0,
+        gt=0,
+        description="CPU, memory (and GPU) of each node on the training run every N seconds; null: off",
+    )
     trusted_models: list[str] = Field(
         [],
         description="model URIs (models:/NAME/VERSION, models:/NAME@ALIAS, models:/<model id>) loaded through "

@@ -145,6 +145,55 @@ def data_pull(repo: Annotated[Path, typer.Option(help="the DVC project")] = Path
     typer.echo(f"data version: {version}")
 
 
+@data_app.command("checkout")
+def data_checkout(
+    run: Annotated[str, typer.Argument(help="the MLflow run id whose training data to restore")],
+    repo: Annotated[Path, typer.Option(help="the DVC project")] = Path("."),
+    config: ConfigOpt = DEFAULT_PARAMS,
+    overrides: SetOpt = None,
+) -> None:
+    """Bring data/ back to the exact bytes run RUN trained on (its recorded data.dvc, pulled and verified)."""
+    import mlflow
+
+    from pipelines.tracking import reaching, resolve_target
+    from pipelines.versioning import checkout_data
+
+    cfg = _config(config, overrides, dry_run=False)
+    target = resolve_target(cfg.tracking, repo.resolve())
+    with reaching(target.uri):
+        try:
+            tags = mlflow.MlflowClient(target.uri).get_run(run).data.tags
+        except mlflow.exceptions.MlflowException:
+            raise GanOpsError(f"no MLflow run {run!r} at {redact_secrets(target.uri)}") from None
+    if "dvc.data_dvc" not in tags:
+        raise GanOpsError(
+            f"run {run} recorded no data.dvc (its data were not versioned with DVC, data version "
+            f"{tags.get('data_version', 'unknown')}): nothing to restore from"
+        )
+    version = checkout_data(repo, tags["dvc.data_dvc"])
+    data_verify(dataset=None, root=repo / "data")
+    typer.echo(f"data version: {version} (the bytes run {run} trained on)")
+
+
+@app.command("lineage")
+def lineage_cmd(
+    ref: Annotated[
+        str, typer.Argument(help="NAME@ALIAS (e.g. svhn-ssgan-generator@champion), NAME/VERSION, or a run id")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="print it as JSON")] = False,
+    config: ConfigOpt = DEFAULT_PARAMS,
+    overrides: SetOpt = None,
+) -> None:
+    """Where a model came from: run, commit, config, data version (and how to restore it), flow run,
+    checkpoints, evaluation, promotion."""
+    from pipelines.lineage import lineage, lineage_text
+    from pipelines.tracking import resolve_target
+
+    cfg = _config(config, overrides, dry_run=False)
+    found = lineage(ref, resolve_target(cfg.tracking))
+    typer.echo(json.dumps(found, indent=2) if as_json else lineage_text(found))
+
+
 def _exit_on_sigterm() -> None:
     """SIGTERM (a stopped RayJob, `kill`, a supervisor) as SystemExit(143): the run's cleanup runs (its
     MLflow run ends KILLED, a local Ray instance stops) instead of the process vanishing mid-write."""
@@ -286,7 +335,7 @@ def registry_history(
     overrides: SetOpt = None,
 ) -> None:
     """Every promotion decision for NAME, oldest first: action, version, reason, numbers."""
-    from pipelines.registry import Registry
+    from pipelines.registry import Registry, history_line
     from pipelines.tracking import reaching, resolve_target
 
     cfg = _config(config, overrides, dry_run=False)
@@ -296,11 +345,7 @@ def registry_history(
     if not events:
         typer.echo(f"{name}: no decisions recorded")
     for e in events:
-        numbers = ", ".join(f"{k}={v:.4g}" for k, v in sorted(e.get("candidate", {}).items()))
-        typer.echo(
-            f"{e['time']}  v{e['version']:<4} {e['action']:<18} {e['reason']}"
-            + (f" [{numbers}]" if numbers else "")
-        )
+        typer.echo(history_line(e))
 
 
 @registry_app.command("show")
@@ -318,14 +363,11 @@ def registry_show(
     with reaching(uri):
         registry = Registry(uri)
         registry.require_model(name)
-        versions = registry.client.search_model_versions(f"name = '{name}'")
-    for mv in sorted(versions, key=lambda v: int(v.version)):
+        found = registry.client.search_model_versions(f"name = '{name}'")
+        versions = [(mv, registry.get_version(name, mv.version)) for mv in found]
+    for mv, version in sorted(versions, key=lambda v: int(v[0].version)):
         aliases = ",".join(mv.aliases) or "-"
-        metrics = ", ".join(
-            f"{k.removeprefix('metric.')}={float(v):.4g}"
-            for k, v in sorted(mv.tags.items())
-            if k.startswith("metric.")
-        )
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(version.metrics.items()) if "_class_" not in k)
         typer.echo(f"v{mv.version:<4} {aliases:<18} run {mv.run_id}  {metrics}")
 
 

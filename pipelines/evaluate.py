@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from gan_models.config import Config, DataConfig
@@ -22,7 +23,9 @@ from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
 from gan_models.errors import DatasetError, GanOpsError
 from gan_models.io import write_text
 from gan_models.metrics.evaluation import Evaluation, evaluate, wants_inception
+from pipelines.model_card import SAMPLES_ARTIFACT
 from pipelines.model_packaging import load_checked
+from pipelines.sample import grid
 from pipelines.tracking import TrackingTarget, ensure_experiment, resolve_target
 
 REPORT_NAME = "evaluation.json"
@@ -157,6 +160,25 @@ def evaluate_run(
         run_id,
         metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
         tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+    # The same numbers on each logged model, against the evaluation dataset: MLflow's model and
+    # model-version pages show them, and the promotion policy reads them from there.
+    evaluated_on = {
+        "dataset_name": f"{dataset.name}/{cfg.evaluate.split}",
+        "dataset_digest": evaluation.info["dataset_version"],
+    }
+    for model in models.values():
+        client.log_batch(
+            run_id,
+            metrics=[
+                Metric(k, float(v), now, 0, model_id=model.model_id, **evaluated_on)
+                for k, v in metrics.items()
+            ],
+        )
+    # The fixed-seed grid that the model card shows.
+    samples = grid(np.asarray(loaded["generator"].predict(np.arange(64, dtype=np.int64)), dtype=np.uint8))
+    client.log_image(
+        run_id, samples.squeeze(-1) if samples.shape[-1] == 1 else samples, artifact_file=SAMPLES_ARTIFACT
     )
     body = {"run_id": run_id, "run_name": run.info.run_name, **evaluation.to_dict()}
     body["models"] = {kind: m.model_uri for kind, m in models.items()}

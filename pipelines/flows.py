@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
 from gan_models.config import DEFAULT_PARAMS, Config, load_config, redact_secrets, refused_overrides
@@ -85,6 +86,16 @@ def check_served_run(
         )
 
 
+def flow_run_env() -> dict[str, str]:
+    """The current flow run, for the training child to record on its MLflow run (`ganops lineage`)."""
+    from prefect.runtime import flow_run
+
+    from pipelines.tracking import FLOW_RUN_ENV
+
+    values = {"prefect.flow_run_id": flow_run.id, "prefect.flow_run_name": flow_run.name}
+    return {FLOW_RUN_ENV[k]: str(v) for k, v in values.items() if v}
+
+
 # Prefect tasks: thin wrappers.
 
 
@@ -114,12 +125,38 @@ def previous_training_task(cfg: Config, project: Path, manifest_sha256: str) -> 
     return finished_run(resolve_target(cfg.tracking, project), training_key(cfg), manifest_sha256)
 
 
-@task(name="train")
+def _train_task_name() -> str:
+    from prefect.runtime import task_run
+
+    given = task_run.parameters
+    return f"train {given.get('run_name') or run_name_for(given['cfg'], given['data']['manifest'])}"
+
+
+# `[run] epoch 3/10 ...`: the training's progress line (`train.EpochLine`).
+EPOCH_LINE = re.compile(r"\] epoch (\d+)/(\d+)")
+
+
+@task(name="train", task_run_name=_train_task_name)
 def train_task(cfg: Config, project: Path, data: dict[str, str], force: bool, run_name: str | None) -> str:
+    """`ganops train` in a child process; its output in this task's log, its epochs in a progress artifact."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.logging import get_run_logger
+
     name = run_name or run_name_for(cfg, data["manifest"])
     if force and run_name is None:
         name += f"-{os.urandom(3).hex()}"  # a forced retrain is a new run, not a resume of the old one
-    train_job(cfg, project, name, cfg.flow.train_timeout_s)
+    logger = get_run_logger()
+    progress = create_progress_artifact(
+        0.0, key="training-progress", description=f"training {name}: epochs done"
+    )
+
+    def log(line: str) -> None:
+        (logger.error if line.startswith("error:") else logger.info)(line)
+        if (epoch := EPOCH_LINE.search(line)) is not None:
+            update_progress_artifact(progress, 100.0 * int(epoch.group(1)) / int(epoch.group(2)))
+
+    train_job(cfg, project, name, cfg.flow.train_timeout_s, flow_run_env(), log)
+    update_progress_artifact(progress, 100.0)
     return name
 
 
@@ -147,7 +184,7 @@ def train_or_reuse(
     return {"run_id": run_id_task(cfg, project, name), "skipped": False, "name": name}
 
 
-@task(name="evaluate", **TRANSIENT)
+@task(name="evaluate", task_run_name="evaluate {run_id}", **TRANSIENT)
 def evaluate_task(cfg: Config, project: Path, run_id: str) -> dict[str, Any]:
     from pipelines.evaluate import evaluate_run
     from pipelines.progress import StageBars
@@ -158,22 +195,27 @@ def evaluate_task(cfg: Config, project: Path, run_id: str) -> dict[str, Any]:
     return {"metrics": evaluation.metrics, "signature": evaluation.signature, "report": str(result.report)}
 
 
-@task(name="promote", **TRANSIENT)
+@task(name="promote", task_run_name="promote {run_id}", **TRANSIENT)
 def promote_task(cfg: Config, project: Path, run_id: str) -> dict[str, Any]:
     from pipelines.promotion import decision_dict, promote_run
 
     return decision_dict(promote_run(run_id, cfg, project)) | {"run_id": run_id}
 
 
-def _run_link(uri: str, run_id: str) -> str:
-    """A Markdown link to the run (an artifact in Prefect's UI): the store's credentials left out."""
-    shown = redact_secrets(uri)
-    if uri.startswith("http"):
-        import mlflow
+def _run_url(uri: str, run_id: str) -> str | None:
+    """The run's page in MLflow's UI, where the store is a server (credentials left out)."""
+    if not uri.startswith("http"):
+        return None
+    import mlflow
 
-        experiment = mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
-        return f"[{run_id}]({shown.rstrip('/')}/#/experiments/{experiment}/runs/{run_id})"
-    return f"`{run_id}` (store `{shown}`)"
+    experiment = mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
+    return f"{redact_secrets(uri).rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def _run_link(uri: str, run_id: str) -> str:
+    """A Markdown link to the run (an artifact in Prefect's UI)."""
+    url = _run_url(uri, run_id)
+    return f"[{run_id}]({url})" if url else f"`{run_id}` (store `{redact_secrets(uri)}`)"
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -190,7 +232,21 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     )
 
 
-@flow(name="retrain", log_prints=True, persist_result=True)
+def _retrain_run_name() -> str:
+    """`retrain <dataset>-<model> <config digest>` for the Prefect UI, from the run's parameters."""
+    from prefect.runtime import flow_run
+
+    given = flow_run.parameters
+    root = Path(given.get("project") or Path.cwd())
+    path = Path(given.get("config_path") or DEFAULT_PARAMS)
+    try:
+        cfg = load_config(path if path.is_absolute() else root / path, given.get("overrides") or [])
+    except GanOpsError:
+        return "retrain (invalid config)"  # the flow itself says what is wrong
+    return f"retrain {cfg.data.dataset}-{cfg.model.name} {cfg.hash()[:8]}"
+
+
+@flow(name="retrain", flow_run_name=_retrain_run_name, log_prints=True, persist_result=True)
 def retrain(
     config_path: str = str(DEFAULT_PARAMS),
     overrides: list[str] | None = None,
@@ -223,6 +279,8 @@ def retrain(
         "run_link": _run_link(uri, trained["run_id"]),
     }
     create_markdown_artifact(summary_markdown(summary), key="retrain-summary", description="retrain result")
+    if (url := _run_url(uri, trained["run_id"])) is not None:
+        create_link_artifact(url, link_text=f"MLflow run {trained['run_id']}", key="mlflow-run")
     print(f"{promotion['name']} v{promotion['version']}: {promotion['reason']}")
     return summary
 
@@ -278,5 +336,19 @@ def sweep(
         key="sweep-summary",
     )
     trials = [asdict(t) | {"metrics": evaluations.get(t.run_id, {}).get("metrics")} for t in result.trials]
+    create_table_artifact(
+        [
+            {
+                "trial": " ".join(t["overrides"]),
+                "status": t["status"],
+                "epochs": t["epochs"],
+                "run": t["run_id"],
+            }
+            | {k: v for k, v in (t["metrics"] or {}).items() if "_class_" not in k}
+            for t in trials
+        ],
+        key="sweep-trials",
+        description=f"sweep {result.name}: every trial",
+    )
     best = next(t for t in trials if t["run_id"] == best_id)
     return {"name": result.name, "trials": trials, "best": best, "promotion": promotion}

@@ -200,27 +200,29 @@ def check_package(model_dir: Path, recorded_sha256: str | None, what: str) -> Pa
     return data
 
 
-def recorded_weights(model_uri: str, tracking_uri: str) -> str | None:
-    """The weights hash the tracking server recorded for `models:/...` (a registered version or alias,
-    or a logged model id), read from the logged model behind it."""
+def logged_model(model_uri: str, tracking_uri: str) -> Any:
+    """The logged model behind `models:/...` (a registered version, an alias, or a logged model id),
+    looked up in `tracking_uri`'s store (MLflow's own resolution would use the process's global URI)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.registry import logged_model_id
 
     client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
     ref = model_uri.removeprefix("models:/")
-    if "@" in ref or "/" in ref:
-        name, alias = ref.split("@", 1) if "@" in ref else (ref, None)
-        version = (
-            client.get_model_version_by_alias(name, alias)
-            if alias is not None
-            else client.get_model_version(*ref.split("/", 1))
-        )
-        # A version registered from `models:/<model id>` names its logged model in its source.
-        model_id = version.model_id or version.source.removeprefix("models:/")
-    else:
-        model_id = ref
-    if not model_id.startswith("m-"):
-        return None
-    return client.get_logged_model(model_id).tags.get(WEIGHTS_TAG)
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            model_id = logged_model_id(client.get_model_version_by_alias(name, alias))
+        elif "/" in ref:
+            model_id = logged_model_id(client.get_model_version(*ref.split("/", 1)))
+        else:
+            model_id = ref
+        if model_id is None:
+            raise UntrustedModelError(f"model {model_uri}: no logged model behind it; refused to load it")
+        return client.get_logged_model(model_id)
+    except MlflowException as e:
+        raise GanOpsError(f"model {model_uri}: not found in {tracking_uri} ({e.message})") from None
 
 
 def load_checked(model_uri: str, tracking_uri: str, trusted: list[str] | None = None) -> Any:
@@ -232,12 +234,13 @@ def load_checked(model_uri: str, tracking_uri: str, trusted: list[str] | None = 
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         return mlflow.pyfunc.load_model(model_uri)
-    recorded = recorded_weights(model_uri, tracking_uri)
+    model = logged_model(model_uri, tracking_uri)
     with tempfile.TemporaryDirectory(prefix="ganops-model-") as tmp:
         with quiet(*MLFLOW_NOTICES), environ(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri
+                artifact_uri=model.artifact_location, dst_path=tmp, tracking_uri=tracking_uri
             )
+        recorded = model.tags.get(WEIGHTS_TAG)
         return PackagedModel(check_package(Path(local), recorded, f"model {model_uri}"))
 
 

@@ -22,7 +22,6 @@ from gan_models.errors import GanOpsError
 from pipelines.evaluate import evaluation_of_run, get_finished_run, run_config, run_models
 from pipelines.registry import (
     CHAMPION,
-    METRIC_PREFIX,
     PREVIOUS,
     Registry,
     RegistryError,
@@ -216,13 +215,14 @@ def _event(action: str, version: Version, decision: Decision, old: Version | Non
 
 
 def register_run(run_id: str, cfg: Config, project: Path | None = None) -> dict[str, Version]:
-    """Register the run's generator and classifier, tagged with run, data version, signature and metrics."""
+    """Register the run's generator and classifier, tagged with run, data version and signature (their
+    metrics are the evaluation's, logged on the logged models)."""
     target = resolve_target(cfg.tracking, project)
     run = get_finished_run(target, run_id)
     evaluated = evaluation_of_run(run)
     if evaluated is None:
         raise GanOpsError(f"run {run_id} has not been evaluated: run `ganops evaluate --run {run_id}` first")
-    metrics, info = evaluated
+    _, info = evaluated
     trained = run_config(target, run)
     registry = Registry(target.uri)
     lock_dir = cfg.promotion.lock_dir
@@ -233,7 +233,6 @@ def register_run(run_id: str, cfg: Config, project: Path | None = None) -> dict[
         "eval.signature": run.data.tags["eval.signature"],
         "git_commit": run.data.tags.get("git_commit", "unknown"),
     }
-    tags |= {f"{METRIC_PREFIX}{k}": repr(float(v)) for k, v in metrics.items() if "_class_" not in k}
     return {
         kind: registry.register(
             model_name(trained.data.dataset, trained.model.name, kind), m.model_uri, run_id, tags, lock_dir

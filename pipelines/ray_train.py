@@ -302,6 +302,7 @@ def _launch(cfg: Config, name: str, dataset: PreparedDataset, checks: Preflight)
     if done >= cfg.train.epochs:
         return f"{name}: already trained for {done} epochs (Ray run {cfg.ray.storage_path}/{name})"
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    checks.tags["ganops.checkpoints"] = f"{str(cfg.ray.storage_path).rstrip('/')}/{name}"  # Ray's run folder
     try:
         with ray_session(cfg) as available:
             use_gpu = wants_gpu(cfg, available.get("GPU", 0))

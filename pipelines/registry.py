@@ -1,10 +1,13 @@
 """MLflow model-registry glue: names, registration, aliases, the decision history, the promotion lock.
 
 A training's generator and classifier are registered under `<dataset>-<model>-generator` and
-`<dataset>-<model>-classifier`. Each version carries tags naming its run, data version, evaluation
-signature and metrics, so the promotion policy reads everything it compares from the registry itself.
-Every decision is written twice: as tags on the version it concerns, and as a numbered `history.NNNNNN`
-tag on the registered model, which `ganops registry history NAME` prints in order.
+`<dataset>-<model>-classifier`. Each version carries tags naming its run, data version and evaluation
+signature; its metrics are those the evaluation logged on the logged model behind it (MLflow 3's model
+metrics, shown on the model and model-version pages), so the promotion policy reads everything it
+compares from the registry itself. Every decision is written three times: as tags on the version it
+concerns (whose description, its model card, says it too), as a numbered `history.NNNNNN` tag on the
+registered model, and as a readable line of the registered model's description (what
+`ganops registry history NAME` prints).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from gan_models.errors import GanOpsError
 
 CHAMPION, PREVIOUS = "champion", "previous"
 KINDS = ("generator", "classifier")
-METRIC_PREFIX = "metric."
 HISTORY_PREFIX = "history."
 
 
@@ -42,12 +44,26 @@ class Version:
     tags: dict[str, str]
 
     @classmethod
-    def of(cls, mv: Any) -> Version:
+    def of(cls, mv: Any, metrics: dict[str, float]) -> Version:
         tags = dict(mv.tags)
-        metrics = {
-            k.removeprefix(METRIC_PREFIX): float(v) for k, v in tags.items() if k.startswith(METRIC_PREFIX)
-        }
         return cls(mv.name, str(mv.version), mv.run_id or "", tags.get("eval.signature", ""), metrics, tags)
+
+
+def logged_model_id(mv: Any) -> str | None:
+    """The logged model behind registered version `mv`: its `model_id`, else the `models:/<id>` it was
+    registered from (the SQLite store keeps only the source)."""
+    if getattr(mv, "model_id", None):
+        return str(mv.model_id)
+    ref = (mv.source or "").removeprefix("models:/")
+    return ref if (mv.source or "").startswith("models:/m-") and "/" not in ref else None
+
+
+def history_line(event: dict[str, Any]) -> str:
+    """One decision as a line: time, version, action, reason, the candidate's numbers."""
+    numbers = ", ".join(f"{k}={v:.4g}" for k, v in sorted(event.get("candidate", {}).items()))
+    return f"{event['time']}  v{event['version']:<4} {event['action']:<18} {event['reason']}" + (
+        f" [{numbers}]" if numbers else ""
+    )
 
 
 def model_name(dataset: str, model: str, kind: str) -> str:
@@ -89,10 +105,20 @@ class Registry:
         from mlflow.exceptions import MlflowException
 
         try:
-            return Version.of(self.client.get_model_version(name, str(version)))
+            mv = self.client.get_model_version(name, str(version))
         except MlflowException:
             self.require_model(name)
             raise RegistryError(f"registered model {name!r} has no version {version}") from None
+        return self._version(mv)
+
+    def _version(self, mv: Any) -> Version:
+        """`mv` with the latest value of each metric logged on its logged model."""
+        latest: dict[str, Any] = {}
+        if (model_id := logged_model_id(mv)) is not None:
+            for metric in self.client.get_logged_model(model_id).metrics or []:
+                if metric.key not in latest or metric.timestamp >= latest[metric.key].timestamp:
+                    latest[metric.key] = metric
+        return Version.of(mv, {k: float(m.value) for k, m in latest.items()})
 
     def by_alias(self, name: str, alias: str) -> Version | None:
         """The version `alias` points at, or None if the alias is not set."""
@@ -100,9 +126,10 @@ class Registry:
 
         self.require_model(name)
         try:
-            return Version.of(self.client.get_model_version_by_alias(name, alias))
+            mv = self.client.get_model_version_by_alias(name, alias)
         except MlflowException:
             return None
+        return self._version(mv)
 
     def require_model(self, name: str) -> None:
         from mlflow.exceptions import MlflowException
@@ -117,7 +144,7 @@ class Registry:
 
     def versions_of_run(self, name: str, run_id: str) -> list[Version]:
         found = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-        return sorted((Version.of(v) for v in found), key=lambda v: int(v.version))
+        return sorted((self._version(v) for v in found), key=lambda v: int(v.version))
 
     def history(self, name: str) -> list[dict[str, Any]]:
         """Every decision recorded for `name`, oldest first."""
@@ -146,7 +173,8 @@ class Registry:
             mlflow.set_tracking_uri(self.uri)
             mlflow.set_registry_uri(self.uri)
             mv = mlflow.register_model(model_uri, name, tags={**tags, "model_uri": model_uri})
-            return Version.of(self.client.get_model_version(name, mv.version))
+            self.describe(name, str(mv.version))
+            return self.get_version(name, mv.version)
 
     def set_alias(self, name: str, alias: str, version: str | None) -> None:
         """Point `alias` at `version`, or remove it (None)."""
@@ -157,17 +185,38 @@ class Registry:
             self.client.set_registered_model_alias(name, alias, version)
 
     def record(self, name: str, version: str | None, event: dict[str, Any]) -> dict[str, Any]:
-        """Append `event` to `name`'s history and, if it concerns a version, tag that version with it."""
+        """Append `event` to `name`'s history and, if it concerns a version, tag that version with it;
+        the registered model's description and the version's card say it too."""
+        from pipelines.model_card import model_description
+
         event = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **event}
-        history = self.history(name)
+        history = [*self.history(name), event]
         self.client.set_registered_model_tag(
-            name, f"{HISTORY_PREFIX}{len(history) + 1:06d}", json.dumps(event, sort_keys=True)
+            name, f"{HISTORY_PREFIX}{len(history):06d}", json.dumps(event, sort_keys=True)
         )
         if version is not None:
             self.client.set_model_version_tag(name, version, "promotion.decision", event["action"])
             self.client.set_model_version_tag(name, version, "promotion.reason", event["reason"])
             self.client.set_model_version_tag(name, version, "promotion.time", event["time"])
+            self.describe(name, version, event)
+        champion = self.client.get_registered_model(name).aliases.get(CHAMPION)
+        lines = [history_line(e) for e in history]
+        description = model_description(name, str(champion) if champion else None, lines)
+        self.client.update_registered_model(name, description=description)
         return event
+
+    def describe(self, name: str, version: str, decision: dict[str, Any] | None = None) -> None:
+        """Write the model card of `name`/`version` (`model_card.version_card`) as its description."""
+        from pipelines.model_card import SAMPLES_ARTIFACT, version_card
+
+        found = self.get_version(name, version)
+        if not found.run_id:
+            return  # registered by hand from elsewhere: nothing to describe it with
+        run = self.client.get_run(found.run_id)
+        folder = SAMPLES_ARTIFACT.rsplit("/", 1)[0]
+        listed = {f.path for f in self.client.list_artifacts(found.run_id, folder)}
+        card = version_card(name, version, run, found.metrics, decision, SAMPLES_ARTIFACT in listed)
+        self.client.update_model_version(name, version, description=card)
 
 
 @contextlib.contextmanager

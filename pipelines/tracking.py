@@ -9,6 +9,7 @@ retried training continues the same run. A training that raises ends its run FAI
 from __future__ import annotations
 
 import contextlib
+import getpass
 import hashlib
 import json
 import logging
@@ -156,27 +157,82 @@ def finished_run(target: TrackingTarget, key: str, manifest_sha256: str) -> str 
     return run.info.run_id if run else None
 
 
+# Tag -> environment variable: the Prefect flow run a training belongs to.
+FLOW_RUN_ENV = {"prefect.flow_run_id": "GANOPS_FLOW_RUN_ID", "prefect.flow_run_name": "GANOPS_FLOW_RUN_NAME"}
+
+
 def source_tags(dataset: PreparedDataset, repo: Path) -> dict[str, str]:
-    """Data version (DVC md5 in data.dvc, else "unversioned"), the dataset's manifest digest, git commit."""
-    from pipelines.versioning import DATA_DIR, VersioningError, data_version
+    """Data version (DVC md5 in data.dvc, else "unversioned"), the dataset's manifest digest, git commit,
+    MLflow's source tags, and the Prefect flow run that started it (if one did)."""
+    from pipelines.versioning import DATA_DIR, DVC_FILE, VersioningError, data_version, remote_url
 
     version = "unversioned"  # data.dvc versions <repo>/data/ only
+    restore: dict[str, str] = {}  # what `ganops data checkout RUN` needs to bring these bytes back
     if Path(dataset.path).resolve().is_relative_to((Path(repo) / DATA_DIR).resolve()):
         try:
             version = data_version(repo)
+            restore["dvc.data_dvc"] = (Path(repo) / DVC_FILE).read_text()
+            restore["dvc.remote"] = redact_secrets(remote_url(repo) or "none")
         except VersioningError:
             pass
     # A container image has no .git: its build records the commit in $GANOPS_GIT_COMMIT.
     commit = _git(repo, "rev-parse", "HEAD") or os.environ.get("GANOPS_GIT_COMMIT") or "unknown"
     dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))
-    return {
+    tags = {
         "data_version": version,
         "data_manifest_sha256": sha256_file(dataset.path / MANIFEST),
         "dataset": dataset.name,
         "data_path": str(Path(dataset.path).resolve()),
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
+        # MLflow's own source tags: the run page's Source and Git commit fields.
+        "mlflow.source.name": "ganops train",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.project.entryPoint": "train",
+        "mlflow.user": getpass.getuser(),
     }
+    tags |= restore
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    if remote := _git(repo, "remote", "get-url", "origin"):
+        tags["mlflow.source.git.repoURL"] = redact_secrets(remote)
+    # The Prefect flow run that started this training (`flows.train_task` hands it to its child).
+    for key, variable in FLOW_RUN_ENV.items():
+        if os.environ.get(variable):
+            tags[key] = os.environ[variable]
+    return tags
+
+
+@contextlib.contextmanager
+def system_metrics(
+    target: TrackingTarget, run_id: str, interval_s: float, node: str | None
+) -> Iterator[None]:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU where pynvml sees one) of this machine
+    on run `run_id` while the block runs, under `system/<node>/` when `node` names one of several."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    with quiet("mlflow.system_metrics"):
+        monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=interval_s, node_id=node, tracking_uri=target.uri
+        )
+        monitor.start()
+    try:
+        yield
+    finally:
+        with quiet("mlflow.system_metrics"), contextlib.suppress(Exception):
+            monitor.finish()
+
+
+def run_description(cfg: Config, run_name: str, tags: dict[str, str]) -> str:
+    """The run page's description: what trains on what, where, and what started it."""
+    flow = tags.get("prefect.flow_run_name")
+    return (
+        f"**{cfg.model.name}** on `{cfg.data.dataset}` (data version `{tags.get('data_version', '?')}`), "
+        f"{cfg.train.epochs} epochs of batch {cfg.train.batch_size} on {cfg.ray.num_workers} Ray worker(s); "
+        f"config digest `{cfg.hash()}`, commit `{tags.get('git_commit', '?')[:12]}`"
+        + (f"; started by Prefect flow run `{flow}`" if flow else "")
+        + f". Checkpoints: `{cfg.train.output_dir}/{run_name}`."
+    )
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -271,6 +327,7 @@ class RunTracker:
         params = flatten(cfg.to_public_dict())  # no credential of a URI in the params
         if run_id is None:
             tags = {RUN_NAME_TAG: run_name, TRAINING_KEY_TAG: training_key(cfg), **tags}
+            tags.setdefault("mlflow.note.content", run_description(cfg, run_name, tags))
             run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
             logged: dict[str, str] = {}
         else:

@@ -17,9 +17,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -55,6 +57,7 @@ from pipelines.tracking import (
     resolve_target,
     run_status,
     source_tags,
+    system_metrics,
     training_key,
 )
 from pipelines.versioning import DATA_DIR, DVC_FILE
@@ -181,6 +184,7 @@ def run_training(
             tracker.set_tags({"precision": precision, "channels_last": str(channels_last).lower()})
     live: dict[str, nn.Module] = {}
     progress = EpochLine(run_name, cfg.train.epochs) if rank == 0 else None
+    curves = EpochTable(out_dir / EPOCHS_FILE) if rank == 0 else None
 
     def wrap_and_remember(name: str, module: nn.Module) -> nn.Module:
         live[name] = module
@@ -199,6 +203,8 @@ def run_training(
             tracker.log_epoch(epoch_report.epoch, epoch_report.step, metrics, epoch_report.samples)
         if progress is not None:
             progress.update(epoch_report.epoch, metrics)
+        if curves is not None:
+            curves.add(epoch_report.epoch, metrics)
         if report is not None:
             report(epoch_report, metrics, tracker.run_id if tracker else None)
 
@@ -209,16 +215,17 @@ def run_training(
         agree=(lambda stop: rank_zero_says(stop, here)) if world_size > 1 else None,
     )
     try:
-        result = train(
-            cfg,
-            dataset,
-            out_dir=out_dir,
-            device=device,
-            rank=rank,
-            world_size=world_size,
-            resume=resume,
-            hooks=hooks,
-        )
+        with node_metrics(cfg, checks, tracker.run_id if tracker else None, world_size, here):
+            result = train(
+                cfg,
+                dataset,
+                out_dir=out_dir,
+                device=device,
+                rank=rank,
+                world_size=world_size,
+                resume=resume,
+                hooks=hooks,
+            )
     except BaseException as e:
         if tracker is not None:
             tracker.fail(e)
@@ -251,6 +258,36 @@ def publish_unpublished(
         f"{run_name}: trained for {result.epoch} epochs already; its models are now logged to MLflow run "
         f"{run_id} (nothing retrained)"
     )
+
+
+EPOCHS_FILE = "epochs.csv"  # one row per epoch, the run's metrics: what `dvc plots show` draws
+
+
+class EpochTable:
+    """The per-epoch metrics of a run as a CSV file beside its checkpoints, rewritten whole (atomically)
+    each epoch; a resumed run keeps the rows of the epochs before its checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        import csv
+
+        self.path = path
+        self.rows: list[dict[str, str]] = []
+        if path.exists():
+            with open(path, newline="") as f:
+                self.rows = list(csv.DictReader(f))
+
+    def add(self, epoch: int, metrics: dict[str, float]) -> None:
+        import csv
+        import io
+
+        self.rows = [r for r in self.rows if int(r["epoch"]) < epoch]
+        self.rows.append({"epoch": str(epoch)} | {k: f"{v:.6g}" for k, v in sorted(metrics.items())})
+        columns = list(dict.fromkeys(k for row in self.rows for k in row))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path, text.getvalue())
 
 
 class EpochLine:
@@ -297,6 +334,7 @@ def _train_local(cfg: Config, name: str, dataset: PreparedDataset, checks: Prefl
         why = f"; {info.stop_reason}" if info.stop_reason else ""
         return f"{run_dir}: already trained for {info.epoch} epochs (checkpoint {checkpoint}){why}"
     device = torch.device("cpu") if cfg.train.device == "cpu" else None
+    checks.tags["ganops.checkpoints"] = str(run_dir.resolve())
     result = run_training(cfg, name, dataset, checks, device=device, resume=resume)
     last = result.history[-1]
     accuracy = f", train accuracy {last['train_accuracy']:.3f}" if "train_accuracy" in last else ""
@@ -309,17 +347,41 @@ def _train_local(cfg: Config, name: str, dataset: PreparedDataset, checks: Prefl
     )
 
 
-def train_job(cfg: Config, project: Path, run_name: str, timeout_s: float | None) -> None:
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its worker prefixes
+
+
+def _forward_lines(stream: Any, log: Callable[[str], None]) -> None:
+    for line in stream:
+        if text := _ANSI.sub("", line).rstrip():
+            log(text)
+
+
+def train_job(
+    cfg: Config,
+    project: Path,
+    run_name: str,
+    timeout_s: float | None,
+    flow_env: dict[str, str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> None:
     """Run `ganops train` (Ray Train) in a child process, as MLflow run `run_name`.
 
     On timeout, or when the caller is cancelled (Prefect's cancellation arrives as a SIGTERM that its
     engine raises here; Ctrl-C as KeyboardInterrupt), the child's whole process group is killed: the Ray
     driver goes, so does its job. A timeout ends the MLflow run FAILED, a cancellation KILLED.
+    `flow_env`: extra environment for the child (the flow run it belongs to, `tracking.FLOW_RUN_ENV`);
+    `log`: where the child's output lines go (a Prefect task's logger), instead of this terminal.
     """
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="ganops-", delete=False) as f:
         f.write(cfg.to_yaml())
     command = [sys.executable, "-m", "pipelines", "train", "--config", f.name, "--run-name", run_name]
-    child = subprocess.Popen(command, cwd=project, start_new_session=True)
+    piped = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True} if log else {}
+    env = os.environ | (flow_env or {})
+    child = subprocess.Popen(command, cwd=project, start_new_session=True, env=env, **piped)  # type: ignore[call-overload]
+    forwarder = None
+    if log is not None:
+        forwarder = threading.Thread(target=_forward_lines, args=(child.stdout, log), daemon=True)
+        forwarder.start()
     try:
         code = child.wait(timeout_s)
     except subprocess.TimeoutExpired:
@@ -338,6 +400,8 @@ def train_job(cfg: Config, project: Path, run_name: str, timeout_s: float | None
         raise
     finally:
         os.unlink(f.name)
+        if forwarder is not None:
+            forwarder.join(10)  # the child's last lines
     if code != 0:
         raise GanOpsError(f"training {run_name} failed (`ganops train` exited {code}); see its log above")
 
@@ -353,6 +417,24 @@ def mean_over_ranks(metrics: dict[str, float], world_size: int, device: torch.de
     values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(values)
     return {k: v / world_size for k, v in zip(keys, values.tolist(), strict=True)}
+
+
+def node_metrics(
+    cfg: Config, checks: Preflight, run_id: str | None, world_size: int, device: torch.device
+) -> contextlib.AbstractContextManager[None]:
+    """System metrics of every machine on rank 0's run (`tracking.system_metrics_s`): one monitor per
+    node, on its first local rank; under `system/node<N>/` when the ranks span several nodes."""
+    if world_size > 1:
+        shared = [run_id]
+        dist.broadcast_object_list(shared, src=0, device=device)  # every rank calls it: a collective
+        run_id = shared[0]
+    if run_id is None or checks.target is None or cfg.tracking.system_metrics_s is None:
+        return contextlib.nullcontext()
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return contextlib.nullcontext()
+    several = os.environ.get("LOCAL_WORLD_SIZE", str(world_size)) != str(world_size)
+    node = f"node{os.environ.get('NODE_RANK', '0')}" if several else None
+    return system_metrics(checks.target, run_id, cfg.tracking.system_metrics_s, node)
 
 
 def rank_zero_says(flag: bool, device: torch.device) -> bool:

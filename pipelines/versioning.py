@@ -20,6 +20,7 @@ from gan_models.config import Config, DataConfig
 from gan_models.data.prepare import content_params, prepare_dataset, prepared_path
 from gan_models.data.prepared import MANIFEST, PreparedDataset, verify_prepared
 from gan_models.errors import GanOpsError
+from gan_models.io import write_text
 
 DATA_DIR = "data"
 DVC_FILE = "data.dvc"
@@ -49,6 +50,39 @@ def configure_remote(repo: Path, url: str | None = None) -> None:
     url = url or os.environ.get(REMOTE_ENV)
     if url:
         run_dvc(repo, "remote", "add", "--local", "--force", "--default", REMOTE_NAME, url)
+
+
+def remote_url(repo: Path) -> str | None:
+    """The URL of the DVC remote that pulls and pushes use (the default one), if any."""
+    configure_remote(repo)
+    listed = run_dvc(repo, "remote", "list").splitlines()
+    remotes = dict(line.split(None, 1) for line in listed if len(line.split(None, 1)) == 2)
+    default = run_dvc(repo, "remote", "default").strip() if remotes else ""
+    url = remotes.get(default) or next(iter(remotes.values()), None)
+    return url.split()[0] if url else None
+
+
+def checkout_data(repo: Path, dvc_file: str) -> str:
+    """Make `data/` the bytes that `dvc_file` (the content of a `data.dvc`, as a run recorded it) names:
+    write it as data.dvc, then pull. Refuses to overwrite a data.dvc with uncommitted changes."""
+    path = Path(repo) / DVC_FILE
+    try:
+        md5 = yaml.safe_load(dvc_file)["outs"][0]["md5"]
+    except (yaml.YAMLError, KeyError, IndexError, TypeError):
+        raise VersioningError(
+            "the recorded data.dvc has no outs[0].md5: it cannot name a data version"
+        ) from None
+    if path.exists() and path.read_text() != dvc_file:
+        changed = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", DVC_FILE], capture_output=True, text=True
+        ).stdout.strip()
+        if changed:
+            raise VersioningError(
+                f"{path} has uncommitted changes (data version {data_version(repo)}): commit or discard "
+                f"them first, so that checking out data version {md5} loses nothing"
+            )
+    write_text(path, dvc_file)
+    return pull_data(repo)
 
 
 def data_version(repo: Path) -> str:

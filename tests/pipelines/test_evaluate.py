@@ -152,8 +152,23 @@ def test_promoted_champion_samples_loads_and_serves(project: Path, run_id: str) 
     registry = Registry(cfg.tracking.uri)
     champion = registry.by_alias(GENERATOR, CHAMPION)
     assert champion is not None and champion.run_id == run_id
-    assert champion.tags["data_version"] == "unversioned" and "metric.test_accuracy" in champion.tags
+    assert champion.tags["data_version"] == "unversioned" and "test_accuracy" in champion.metrics
     assert registry.by_alias("mnist-ssgan-classifier", CHAMPION) is not None
+    # Where MLflow's UI looks: the evaluation on the logged model (against its dataset), a model card
+    # as the version's description, the history as lines on the registered model.
+    client = mlflow.MlflowClient(cfg.tracking.uri, registry_uri=cfg.tracking.uri)
+    evaluated = mlflow.MlflowClient(cfg.tracking.uri).get_run(run_id).data.metrics
+    assert champion.metrics["test_accuracy"] == pytest.approx(evaluated["test_accuracy"])
+    model_id = champion.tags["model_uri"].removeprefix("models:/")
+    on_model = {m.key: m for m in client.get_logged_model(model_id).metrics}
+    assert on_model["domain_fd"].dataset_name == "mnist/test" and on_model["domain_fd"].dataset_digest
+    card = client.get_model_version(GENERATOR, champion.version).description
+    assert f"run `first` (`{run_id}`)" in card and "| test_accuracy |" in card
+    assert "Promotion: **promoted**" in card and "no champion yet" in card
+    assert "get-artifact?path=evaluation%2Fsamples.png" in card and "mlflow.pyfunc.load_model" in card
+    assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == ["evaluation/samples.png"]
+    history = client.get_registered_model(GENERATOR).description
+    assert f"champion version {champion.version}" in history and "promoted" in history
     # Promoting the same run again registers nothing new and changes nothing.
     assert not promote_run(run_id, cfg, project).decision.promote
 

@@ -31,7 +31,7 @@ from gan_models.errors import GanOpsError
 from pipelines.flows import retrain
 from pipelines.registry import CHAMPION, Registry
 from pipelines.tracking import RUN_NAME_TAG
-from tests.conftest import PROJECT, run
+from tests.conftest import GANOPS, PROJECT, run
 from tests.services import mlflow_server, prefect_server, start_mlflow, stop
 
 GENERATOR = "synthetic-svhn-ssgan-generator"
@@ -46,6 +46,7 @@ TINY = [
     "train.batch_size=25",
     "train.epochs=1",
     "train.device=cpu",
+    "tracking.system_metrics_s=0.5",
     "ray.num_workers=2",
     "evaluate.num_real=200",
     "evaluate.num_generated=200",
@@ -107,8 +108,22 @@ def artifact_markdown(api: str, key: str) -> str:
         return asyncio.run(read())
 
 
+def prefect_run_and_logs(api: str, flow_run_id: str) -> tuple[object, list[str]]:
+    """A flow run and the messages of its logs (its tasks' included)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read() -> tuple[object, list[str]]:
+        async with get_client() as client:
+            flow_run = await client.read_flow_run(flow_run_id)
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            return flow_run, [log.message for log in logs]
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        return asyncio.run(read())
+
+
 def test_retrain_promotes_a_champion_and_skips_unchanged_training(
-    services: dict[str, str], project: Path
+    services: dict[str, str], project: Path, tmp_path: Path
 ) -> None:
     with temporary_settings({PREFECT_API_URL: services["prefect"]}):
         first = retrain(overrides=overrides(services, "e2e"), project=str(project))
@@ -133,6 +148,34 @@ def test_retrain_promotes_a_champion_and_skips_unchanged_training(
     assert len(client.search_runs([experiment.experiment_id])) == 1
     markdown = artifact_markdown(services["prefect"], "retrain-summary")
     assert GENERATOR in markdown and "training skipped" in markdown and first["data_version"] in markdown
+
+    # Every node's system metrics on the training run (the cluster has two).
+    for node in ("node0", "node1"):
+        assert any(k.startswith(f"system/{node}/cpu_utilization") for k in trained.data.metrics), node
+
+    # One query says where the champion came from; its restore command brings the bytes back elsewhere.
+    store = ["--set", f"tracking.uri={services['mlflow']}"]
+    found = json.loads(run([*GANOPS, "lineage", f"{GENERATOR}@champion", "--json", *store], project).stdout)
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert found["run"]["id"] == first["run_id"] and found["run"]["status"] == "FINISHED"
+    assert found["code"] == {"git_commit": head, "dirty": False}
+    assert found["data"]["version"] == first["data_version"] and found["data"]["dvc_remote"] != "none"
+    assert found["prefect"]["flow_run_id"] and found["model"]["aliases"] == [CHAMPION]
+    assert found["evaluation"]["metrics"]["test_accuracy"] == trained.data.metrics["test_accuracy"]
+    assert trained.data.tags["mlflow.source.git.commit"] == head  # the run page's Source fields
+    assert first["dataset"] in trained.data.tags["mlflow.note.content"]
+    # Prefect's UI: a flow-run name that says what it retrains, the training's epochs in its task log.
+    flow_run, logs = prefect_run_and_logs(services["prefect"], found["prefect"]["flow_run_id"])
+    assert flow_run.name == found["prefect"]["flow_run_name"]
+    assert flow_run.name.startswith(f"retrain {first['dataset']}-ssgan ")
+    assert any(f"[{trained.info.run_name}] epoch 1/1" in line for line in logs), logs[-20:]
+    fresh = tmp_path / "fresh"
+    run(["git", "clone", "-q", str(project), str(fresh)], tmp_path)
+    restore = found["data"]["restore"].split()
+    assert restore[:3] == ["ganops", "data", "checkout"]
+    run([*GANOPS, *restore[1:], *store], fresh)
+    manifest = f"data/{first['dataset']}/manifest.json"
+    assert (fresh / manifest).read_bytes() == (project / manifest).read_bytes()
 
 
 def test_failure_inside_training_fails_the_flow_and_leaves_nothing_running(
@@ -393,6 +436,12 @@ def test_dvc_repro_runs_the_same_pipeline_without_prefect(services: dict[str, st
     assert champion is not None and champion.version == promotion["version"]
     # Nothing changed: a second repro runs no stage.
     assert "didn't change, skipping" in run([sys.executable, "-m", "dvc", "repro"], project).stdout
+    # DVC's own views: the per-epoch curves and the evaluation's numbers.
+    plots = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], project).stdout)
+    drawn = json.dumps(plots)
+    assert "training-losses" in drawn and "d_loss" in drawn and "val_accuracy" in drawn
+    metrics = json.loads(run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], project).stdout)
+    assert "test_accuracy" in json.dumps(metrics)
 
 
 @pytest.mark.slow

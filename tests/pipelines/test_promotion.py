@@ -1,11 +1,13 @@
 """The promotion policy, rollback and concurrent promotions against a real MLflow registry (SQLite).
 
-Versions are created directly with the tags `ganops promote --run` writes (metrics, evaluation
-signature), so each case costs milliseconds; tests/pipelines/test_evaluate.py covers a trained run.
+Versions are created directly as `ganops evaluate` and `ganops promote --run` leave them (metrics on a
+logged model, the evaluation signature as a tag), so each case costs milliseconds;
+tests/pipelines/test_evaluate.py covers a trained run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -86,15 +88,36 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
     )
 
 
-def add_version(cfg: Config, name: str, accuracy: float, fd: float, signature: str = "sig") -> str:
-    """A registered version carrying the tags that registration writes (source: a placeholder path)."""
+def evaluated_version(
+    cfg: Config, name: str, run_id: str, metrics: dict[str, float], signature: str = "sig"
+) -> str:
+    """A registered version as registration leaves it: a logged model of run `run_id` carrying the
+    evaluation's `metrics`, registered from `models:/<id>` with the evaluation signature as a tag."""
+    from mlflow.entities import Metric
+
+    mlflow.set_tracking_uri(cfg.tracking.uri)  # `models:/<id>` resolves through the tracking store
     client = mlflow.MlflowClient(cfg.tracking.uri, registry_uri=cfg.tracking.uri)
-    try:
+    with contextlib.suppress(mlflow.exceptions.MlflowException):
         client.create_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        pass
-    tags = {"metric.test_accuracy": str(accuracy), "metric.domain_fd": str(fd), "eval.signature": signature}
-    return str(client.create_model_version(name, source="file:///nowhere", tags=tags).version)
+    experiment = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(experiment, name="generator", source_run_id=run_id)
+    client.log_batch(
+        run_id, metrics=[Metric(k, v, 0, 0, model_id=model.model_id) for k, v in metrics.items()]
+    )
+    source = f"models:/{model.model_id}"
+    return str(
+        client.create_model_version(name, source, run_id=run_id, tags={"eval.signature": signature}).version
+    )
+
+
+def add_version(cfg: Config, name: str, accuracy: float, fd: float, signature: str = "sig") -> str:
+    """A registered version of a run of its own, with this accuracy and FD."""
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    experiment = client.get_experiment_by_name("versions") or client.get_experiment(
+        client.create_experiment("versions")
+    )
+    run_id = client.create_run(experiment.experiment_id).info.run_id
+    return evaluated_version(cfg, name, run_id, {"test_accuracy": accuracy, "domain_fd": fd}, signature)
 
 
 def aliases(cfg: Config, name: str) -> dict[str, str]:
@@ -143,8 +166,7 @@ def test_classifier_follows_its_generator(cfg: Config) -> None:
     for name in ("d-m-generator", "d-m-classifier"):
         client.create_registered_model(name)
         for run_id, accuracy in zip(runs, (0.5, 0.6), strict=True):
-            tags = {"metric.test_accuracy": str(accuracy), "metric.domain_fd": "1", "eval.signature": "s"}
-            client.create_model_version(name, "file:///nowhere", run_id=run_id, tags=tags)
+            evaluated_version(cfg, name, run_id, {"test_accuracy": accuracy, "domain_fd": 1.0}, "s")
     _promote(cfg, "d-m-generator", "1", by_hand=False)
     _promote(cfg, "d-m-generator", "2", by_hand=False)
     assert aliases(cfg, "d-m-classifier") == {CHAMPION: "2", PREVIOUS: "1"}
@@ -212,8 +234,7 @@ def _two_runs_of_generator_and_classifier(cfg: Config, base: str) -> None:
     for name in (f"{base}-generator", f"{base}-classifier"):
         client.create_registered_model(name)
         for run_id, accuracy in zip(runs, (0.5, 0.6), strict=True):
-            tags = {"metric.test_accuracy": str(accuracy), "metric.domain_fd": "1", "eval.signature": "s"}
-            client.create_model_version(name, "file:///nowhere", run_id=run_id, tags=tags)
+            evaluated_version(cfg, name, run_id, {"test_accuracy": accuracy, "domain_fd": 1.0}, "s")
 
 
 @pytest.mark.parametrize("writes_before_crash", [2, 3])  # the classifier not yet moved
