@@ -221,6 +221,12 @@ def system_metrics(
     finally:
         with quiet("mlflow.system_metrics"), contextlib.suppress(Exception):
             monitor.finish()
+            # MLflow drops the samples of an unfinished interval: publish them, so that a run shorter
+            # than one interval has its numbers too.
+            leftover = monitor.aggregate_metrics()
+            if leftover:
+                monitor.publish_metrics(leftover)
+                monitor.mlflow_logger.flush()
 
 
 def run_description(cfg: Config, run_name: str, tags: dict[str, str]) -> str:

@@ -10,6 +10,7 @@ arguments. `train_job` runs `ganops train` as a child process, for the flows.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 import signal
@@ -380,7 +381,11 @@ def train_job(
     child = subprocess.Popen(command, cwd=project, start_new_session=True, env=env, **piped)  # type: ignore[call-overload]
     forwarder = None
     if log is not None:
-        forwarder = threading.Thread(target=_forward_lines, args=(child.stdout, log), daemon=True)
+        # In this context: Prefect's settings and run context (where `log` sends to) are context variables.
+        context = contextvars.copy_context()
+        forwarder = threading.Thread(
+            target=context.run, args=(_forward_lines, child.stdout, log), daemon=True
+        )
         forwarder.start()
     try:
         code = child.wait(timeout_s)
@@ -423,7 +428,8 @@ def node_metrics(
     cfg: Config, checks: Preflight, run_id: str | None, world_size: int, device: torch.device
 ) -> contextlib.AbstractContextManager[None]:
     """System metrics of every machine on rank 0's run (`tracking.system_metrics_s`): one monitor per
-    node, on its first local rank; under `system/node<N>/` when the ranks span several nodes."""
+    machine, on its first local rank; under `system/node<N>/` when the ranks span several machines (as
+    Ray Train counts them: by IP address)."""
     if world_size > 1:
         shared = [run_id]
         dist.broadcast_object_list(shared, src=0, device=device)  # every rank calls it: a collective
