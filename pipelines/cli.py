@@ -498,30 +498,48 @@ def check_timezone(name: str) -> None:
 
 @app.command("schedule")
 def schedule_cmd(
-    cron: Annotated[str, typer.Option(help='cron schedule, e.g. "0 3 * * 1" (Mondays 03:00)')],
+    cron: Annotated[
+        str | None,
+        typer.Option(help='cron schedule, e.g. "0 3 * * 1" (Mondays 03:00); optional with --on-new-data'),
+    ] = None,
+    on_new_data: Annotated[
+        bool,
+        typer.Option("--on-new-data", help="also run when `ganops data prepare` makes a new data version"),
+    ] = False,
     name: Annotated[str, typer.Option(help="deployment name")] = "scheduled-retrain",
     timezone: Annotated[str, typer.Option(help="time zone of the cron schedule")] = "UTC",
     config: ConfigOpt = DEFAULT_PARAMS,
     overrides: SetOpt = None,
 ) -> None:
-    """Create a Prefect deployment of `retrain` on a cron schedule and serve it (runs until stopped).
+    """Create a Prefect deployment of `retrain` (on a cron schedule, and/or on each new data version) and
+    serve it (runs until stopped; one run at a time).
 
-    Uses the Prefect server at $PREFECT_API_URL; the config and overrides become its parameters.
+    Uses the Prefect server at $PREFECT_API_URL; the config and overrides become its parameters, and a
+    run started with other parameters may change only `flow.served_overrides`.
     """
     from prefect.schedules import Cron
 
+    from pipelines.events import new_data_trigger
     from pipelines.flows import SERVED_ENV, retrain
 
     _config(config, overrides, dry_run=False)  # a bad config fails now, not at 3 a.m.
-    check_timezone(timezone)  # Prefect accepts any string here, and the schedule then never fires
-    try:
-        schedule = Cron(cron, timezone=timezone)
-    except ValueError as e:
-        raise GanOpsError(f"--cron {cron!r}: {e}") from None
+    if cron is None and not on_new_data:
+        raise GanOpsError("give --cron SCHEDULE, --on-new-data, or both")
+    schedules = []
+    if cron is not None:
+        check_timezone(timezone)  # Prefect accepts any string here, and the schedule then never fires
+        try:
+            schedules.append(Cron(cron, timezone=timezone))
+        except ValueError as e:
+            raise GanOpsError(f"--cron {cron!r}: {e}") from None
     parameters = {"config_path": str(config), "overrides": list(overrides or []), "project": str(Path.cwd())}
+    triggers = [new_data_trigger(Path.cwd(), parameters)] if on_new_data else []
     # The runs it starts check their parameters against these (`flows.check_served_run`).
     os.environ[SERVED_ENV] = json.dumps(parameters)
-    retrain.serve(name=name, schedule=schedule, parameters=parameters, tags=["ganops"])
+    # One run at a time: a data change during a scheduled run waits for it instead of racing it.
+    retrain.serve(
+        name=name, schedules=schedules, triggers=triggers, parameters=parameters, tags=["ganops"], global_limit=1
+    )
 
 
 def main() -> None:

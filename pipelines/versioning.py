@@ -97,7 +97,11 @@ def data_version(repo: Path) -> str:
 
 
 def version_data(repo: Path, push: bool = True) -> str:
-    """`dvc add data` (and `dvc push`), returning the new data version."""
+    """`dvc add data` (and `dvc push`), returning the new data version; a version that differs from
+    the one data.dvc held is announced to Prefect (`events.announce_data_version`)."""
+    from pipelines.events import announce_data_version
+
+    previous = data_version(repo) if (Path(repo) / DVC_FILE).is_file() else None
     configure_remote(repo)
     run_dvc(repo, "add", DATA_DIR)
     if push:
@@ -109,7 +113,10 @@ def version_data(repo: Path, push: bool = True) -> str:
                 f"the push failed ({str(e).splitlines()[-1][:300]}); push it with `dvc push {DVC_FILE}` "
                 "once the remote is reachable, before committing data.dvc"
             ) from None
-    return data_version(repo)
+    version = data_version(repo)
+    if version != previous:
+        announce_data_version(repo, version, previous)
+    return version
 
 
 # What DVC's debug output says when the remote could not be reached or refused us; DVC itself then only

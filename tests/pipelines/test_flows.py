@@ -238,15 +238,23 @@ def test_unlabelled_celeba_flow_ends_with_a_champion_ranked_by_inception_fid(
 
 
 @contextlib.contextmanager
-def served(services: dict[str, str], project: Path, name: str, *overrides: str) -> Iterator[object]:
-    """`ganops schedule` serving deployment `retrain/NAME` (weekly cron) from `project`: the deployment."""
+def served(
+    services: dict[str, str],
+    project: Path,
+    name: str,
+    *overrides: str,
+    cron: str | None = "0 3 * * 1",
+    on_new_data: bool = False,
+) -> Iterator[object]:
+    """`ganops schedule` serving deployment `retrain/NAME` from `project`: the deployment."""
     env = {
         **os.environ,
         "PREFECT_API_URL": services["prefect"],
         "PATH": str(Path(sys.executable).parent),
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
-    command = [sys.executable, "-m", "pipelines", "schedule", "--cron", "0 3 * * 1", "--name", name]
+    command = [sys.executable, "-m", "pipelines", "schedule", "--name", name]
+    command += (["--cron", cron] if cron else []) + (["--on-new-data"] if on_new_data else [])
     command += [f"--set={o}" for o in overrides]
     server = subprocess.Popen(
         command,
@@ -295,6 +303,42 @@ def test_schedule_serves_a_deployment_whose_runs_cannot_point_outputs_elsewhere(
     assert "may not override tracking.uri" in str(run.state.message) + str(
         run.state.result(raise_on_failure=False)
     )
+
+
+def test_a_new_data_version_starts_one_retrain_and_the_same_version_none(
+    services: dict[str, str], project: Path
+) -> None:
+    """`ganops schedule --on-new-data`: `ganops data prepare` of new data starts exactly one run of the
+    deployment; preparing the same data again (the same version) starts none."""
+    data = [f"--set={o}" for o in TINY if o.startswith("data.")]
+    env = {**os.environ, "PREFECT_API_URL": services["prefect"]}
+
+    async def runs_of(deployment_id: object) -> int:
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        async with get_client() as client:
+            found = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+            )
+            return len(found)
+
+    def count(deployment_id: object) -> int:
+        with temporary_settings({PREFECT_API_URL: services["prefect"]}):
+            return asyncio.run(runs_of(deployment_id))
+
+    with served(
+        services, project, "on-data", *overrides(services, "on-data"), on_new_data=True
+    ) as deployment:
+        assert count(deployment.id) == 0
+        prepare = [*GANOPS, "data", "prepare", *data]
+        subprocess.run(prepare, cwd=project, env=env, check=True, capture_output=True)
+        deadline = time.monotonic() + 90
+        while count(deployment.id) == 0 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert count(deployment.id) == 1
+        subprocess.run(prepare, cwd=project, env=env, check=True, capture_output=True)  # the same bytes
+        time.sleep(15)  # what a second trigger would take, several times over
+        assert count(deployment.id) == 1
 
 
 @pytest.mark.slow
