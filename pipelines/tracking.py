@@ -52,9 +52,19 @@ class TrackingTarget:
     artifact_location: str | None  # for a new experiment on a server-less store; a server picks its own
 
 
+def store_root(project: Path) -> Path:
+    """Where a project's default store lives: the project, or, inside a temporary workspace of
+    `dvc exp run --temp` / `--queue` (`<repo>/.dvc/tmp/exps/...`, deleted afterwards), the repository."""
+    parts = project.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return project
+
+
 def resolve_target(cfg: TrackingConfig, project: Path | None = None) -> TrackingTarget:
     """The tracking URI (config, else $MLFLOW_TRACKING_URI, else the project's SQLite file), absolute."""
-    project = (project or Path.cwd()).resolve()
+    project = store_root((project or Path.cwd()).resolve())
     uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / DEFAULT_DB}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # A relative SQLite path would depend on each process's working directory (Ray workers' differ).

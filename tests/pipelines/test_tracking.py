@@ -140,6 +140,18 @@ def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert resolve_target(cfg.tracking, tmp_path).uri == f"sqlite:///{tmp_path.resolve() / 'rel.db'}"
 
 
+def test_a_dvc_experiment_workspace_tracks_into_its_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dvc exp run --temp` runs the stages in `<repo>/.dvc/tmp/exps/<tmp>/`, deleted afterwards: the
+    default store (and its artifacts) must be the repository's, or the runs are lost with it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workspace = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpa1b2c3"
+    target = resolve_target(tiny_config().tracking, workspace)
+    assert target.uri == f"sqlite:///{(tmp_path / 'repo').resolve() / 'mlruns.db'}"
+    assert target.artifact_location == (tmp_path / "repo" / "mlruns").resolve().as_uri()
+
+
 @pytest.mark.slow
 def test_the_same_code_tracks_to_a_real_mlflow_server_over_http(tmp_path: Path) -> None:
     import socket
