@@ -440,8 +440,15 @@ def _retrain_report(summary: dict, cfg: Config, sample_out: Path | None, seconds
         lines.append(f"champion: v{champion.version}, {numbers(champion.metrics)}")
     if sample_out is not None:
         lines.append(f"champion samples: {sample_out}")
+    # Where to look next.
+    lines.append(f"model: models:/{decision['name']}/{decision['version']} (run runs:/{summary['run_id']})")
+    lines.append(f"its lineage: ganops lineage {decision['name']}/{decision['version']}")
     if uri.startswith("sqlite:///"):
-        lines.append(f"browse: uv run mlflow ui --backend-store-uri {uri}")
+        lines.append(f"MLflow UI: uv run mlflow ui --backend-store-uri {uri}")
+    else:
+        lines.append(f"MLflow UI: {redact_secrets(uri)}")
+    if prefect := os.environ.get("PREFECT_API_URL"):
+        lines.append(f"Prefect UI: {redact_secrets(prefect).removesuffix('/api')}")
     lines.append(f"retrain took {seconds / 60:.1f} min on {cpu_model()} ({os.cpu_count()} cores)")
     return "\n".join(lines)
 
@@ -538,7 +545,12 @@ def schedule_cmd(
     os.environ[SERVED_ENV] = json.dumps(parameters)
     # One run at a time: a data change during a scheduled run waits for it instead of racing it.
     retrain.serve(
-        name=name, schedules=schedules, triggers=triggers, parameters=parameters, tags=["ganops"], global_limit=1
+        name=name,
+        schedules=schedules,
+        triggers=triggers,
+        parameters=parameters,
+        tags=["ganops"],
+        global_limit=1,
     )
 
 
