@@ -513,6 +513,12 @@ def schedule_cmd(
         bool,
         typer.Option("--on-new-data", help="also run when `ganops data prepare` makes a new data version"),
     ] = False,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            help="deploy to this Prefect work pool (process type; created if missing) instead of serving"
+        ),
+    ] = None,
     name: Annotated[str, typer.Option(help="deployment name")] = "scheduled-retrain",
     timezone: Annotated[str, typer.Option(help="time zone of the cron schedule")] = "UTC",
     config: ConfigOpt = DEFAULT_PARAMS,
@@ -543,6 +549,9 @@ def schedule_cmd(
     triggers = [new_data_trigger(Path.cwd(), parameters)] if on_new_data else []
     # The runs it starts check their parameters against these (`flows.check_served_run`).
     os.environ[SERVED_ENV] = json.dumps(parameters)
+    if pool is not None:
+        _deploy_to_pool(pool, name, schedules, triggers, parameters)
+        return
     # One run at a time: a data change during a scheduled run waits for it instead of racing it.
     retrain.serve(
         name=name,
@@ -551,6 +560,49 @@ def schedule_cmd(
         parameters=parameters,
         tags=["ganops"],
         global_limit=1,
+    )
+
+
+def _deploy_to_pool(
+    pool: str, name: str, schedules: list, triggers: list, parameters: dict[str, object]
+) -> None:
+    """`retrain` as a deployment of work pool `pool`, run by `prefect worker start --pool POOL` (on this
+    machine or one that sees the same project folder), with the same parameter checks as a served one."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    from pipelines.flows import SERVED_ENV, retrain
+
+    async def ensure_pool() -> None:
+        async with get_client() as client:
+            try:
+                found = await client.read_work_pool(pool)
+            except ObjectNotFound:
+                await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+                return
+            if found.type != "process":
+                raise GanOpsError(
+                    f"work pool {pool!r} is of type {found.type!r}; ganops deploys to process pools"
+                )
+
+    asyncio.run(ensure_pool())
+    source = Path(__file__).resolve().parents[1]  # this checkout: the worker runs its pipelines/flows.py
+    retrain.from_source(source=str(source), entrypoint="pipelines/flows.py:retrain").deploy(
+        name=name,
+        work_pool_name=pool,
+        schedules=schedules,
+        triggers=triggers,
+        parameters=parameters,
+        tags=["ganops"],
+        concurrency_limit=1,
+        job_variables={"env": {SERVED_ENV: json.dumps(parameters)}, "working_dir": parameters["project"]},
+        print_next_steps=False,
+    )
+    typer.echo(
+        f"deployment retrain/{name} on work pool {pool}; run it with: prefect worker start --pool {pool}"
     )
 
 

@@ -305,6 +305,36 @@ def test_schedule_serves_a_deployment_whose_runs_cannot_point_outputs_elsewhere(
     )
 
 
+def test_a_work_pool_deployment_runs_on_a_process_worker_with_the_served_checks(
+    services: dict[str, str], project: Path
+) -> None:
+    """`ganops schedule --pool`: a deployment of a process work pool (created if missing), run by
+    `prefect worker start`; its runs check their parameters as served ones do."""
+    from prefect.deployments import run_deployment
+
+    env = {**os.environ, "PREFECT_API_URL": services["prefect"], "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    command = [*GANOPS, "schedule", "--pool", "ganops-test", "--name", "pooled", "--cron", "0 3 * * 1",
+               "--set", "train.epochs=3"]  # fmt: skip
+    deployed = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, check=False)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "prefect worker start --pool ganops-test" in deployed.stdout
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "ganops-test", "--run-once"],
+        cwd=project, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        hijack = ["train.epochs=3", "train.output_dir=/tmp/elsewhere"]
+        with temporary_settings({PREFECT_API_URL: services["prefect"]}):
+            flow_run = run_deployment("retrain/pooled", parameters={"overrides": hijack}, timeout=300)
+    finally:
+        stop(worker)
+    assert flow_run.state is not None and flow_run.state.is_failed(), (
+        flow_run.state,
+        worker.stdout.read().decode(errors="replace")[-3000:],
+    )
+    assert "may not override train.output_dir" in str(flow_run.state.result(raise_on_failure=False))
+
+
 def test_a_new_data_version_starts_one_retrain_and_the_same_version_none(
     services: dict[str, str], project: Path
 ) -> None:
