@@ -108,6 +108,12 @@ def artifact_markdown(api: str, key: str) -> str:
         return asyncio.run(read())
 
 
+def artifact_table(api: str, key: str) -> list[dict[str, object]]:
+    """The rows of the latest table artifact `key`."""
+    data = artifact_markdown(api, key)  # the same lookup; a table artifact's data is its rows as JSON
+    return json.loads(data) if isinstance(data, str) else data
+
+
 def prefect_run_and_logs(api: str, flow_run_id: str) -> tuple[object, list[str]]:
     """A flow run and the messages of its logs (its tasks' included)."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
@@ -297,6 +303,8 @@ def test_schedule_serves_a_deployment_whose_runs_cannot_point_outputs_elsewhere(
         run = run_deployment("retrain/weekly", parameters={"overrides": hijack}, timeout=240)
     (schedule,) = found.schedules
     assert schedule.schedule.cron == "0 3 * * 1" and schedule.active
+    # One run at a time: a scheduled run and a manual one of it queue, not collide.
+    assert found.global_concurrency_limit is not None and found.global_concurrency_limit.limit == 1, found
     assert found.parameters["overrides"] == ["train.epochs=3"]
     assert found.parameters["project"] == str(project)
     assert run.state is not None and run.state.is_failed(), run.state
@@ -544,6 +552,8 @@ def test_sweep_runs_its_trials_on_ray_tune_across_two_nodes_and_offers_the_best(
     parents = {client.get_run(t["run_id"]).data.tags["mlflow.parentRunId"] for t in trials}
     (parent,) = parents  # one sweep run, the trials its children
     assert client.get_run(parent).data.tags["best_run_id"] == best["run_id"]
+    table = artifact_table(services["prefect"], "sweep-trials")  # the Prefect UI's view of the trials
+    assert sorted(row["trial"] for row in table) == ["train.lr_g=0.0001", "train.lr_g=0.0003"]
 
 
 @pytest.mark.slow
