@@ -313,6 +313,7 @@ def test_schedule_serves_a_deployment_whose_runs_cannot_point_outputs_elsewhere(
     )
 
 
+@pytest.mark.slow  # about 50 s; the served deployment's test covers the checks
 def test_a_work_pool_deployment_runs_on_a_process_worker_with_the_served_checks(
     services: dict[str, str], project: Path
 ) -> None:
