@@ -86,18 +86,30 @@ def version_card(
     ]
     if kind == "generator":
         lines += ["", f"or `ganops sample --model {name}/{version} --out grid.png`."]
-    return "\n".join(lines) + "\n"
+    return ("\n".join(lines) + "\n")[:DESCRIPTION_LIMIT]
+
+
+# MLflow's SQL stores keep at most 5,000 characters of a description.
+DESCRIPTION_LIMIT = 5000
 
 
 def model_description(name: str, champion: str | None, history: list[str]) -> str:
-    """A registered model's description: its champion and its decisions, newest last."""
-    lines = [
+    """A registered model's description: its champion and its decisions, newest last (the latest that
+    fit in MLflow's limit; `ganops registry history` prints them all)."""
+    head = [
         f"**{name}**: champion " + (f"version {champion}" if champion else "not chosen yet") + ".",
         "",
-        "Promotion history (`ganops registry history " + name + "`):",
+        f"Promotion history (all of it: `ganops registry history {name}`):",
         "",
         "```",
-        *history,
-        "```",
     ]
-    return "\n".join(lines) + "\n"
+    room = DESCRIPTION_LIMIT - len("\n".join(head)) - 200
+    shown: list[str] = []
+    for line in reversed(history):
+        line = line[:500]
+        if len(line) + 1 > room:
+            shown.insert(0, f"... {len(history) - len(shown)} earlier decisions")
+            break
+        shown.insert(0, line)
+        room -= len(line) + 1
+    return "\n".join([*head, *shown, "```"]) + "\n"

@@ -337,3 +337,17 @@ def test_unknown_model_version_or_alias_is_a_clear_error(cfg: Config) -> None:
 
     with pytest.raises(RegistryError, match="has no alias 'champion'"):
         sample("known-generator@champion", 4, Path("x.png"), cfg)
+
+
+def test_a_long_history_fits_the_registered_models_description() -> None:
+    """MLflow's SQL stores keep 5,000 characters of a description (PostgreSQL refuses more): the
+    description shows the latest decisions that fit, and says where the rest are."""
+    from pipelines.model_card import DESCRIPTION_LIMIT, model_description
+
+    lines = [
+        f"2026-12-02T00:00:{i % 60:02d}Z  v{i:<4} rejected  test_accuracy 0.5 does not beat 0.6"
+        for i in range(300)
+    ]
+    text = model_description("long-generator", "7", lines)
+    assert len(text) <= DESCRIPTION_LIMIT
+    assert lines[-1] in text and lines[0] not in text and "earlier decisions" in text
