@@ -274,7 +274,8 @@ def test_models_load_as_checked_packages_and_never_run_bundled_code(project: Pat
         sample(f"{GENERATOR}/{version}", 4, project / "refused.png", cfg)
 
 
-@pytest.mark.parametrize("store", ["sqlite", pytest.param("http", marks=pytest.mark.slow)])
+@pytest.mark.slow  # three processes and a training: about 40 s each
+@pytest.mark.parametrize("store", ["sqlite", "http"])
 def test_training_evaluation_and_promotion_write_to_one_store_at_once(
     store: str, project: Path, tmp_path: Path
 ) -> None:

@@ -344,6 +344,7 @@ def test_a_work_pool_deployment_runs_on_a_process_worker_with_the_served_checks(
     assert "may not override train.output_dir" in str(flow_run.state.result(raise_on_failure=False))
 
 
+@pytest.mark.slow  # about 60 s: a served deployment, two data preparations, a wait
 def test_a_new_data_version_starts_one_retrain_and_the_same_version_none(
     services: dict[str, str], project: Path
 ) -> None:

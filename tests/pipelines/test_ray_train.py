@@ -265,6 +265,7 @@ def test_replica_check_names_the_parameter_that_differs(ray_cluster: None, tmp_p
     assert "differ from rank 0's after a perturbation: discriminator.bias" in str(failure.value)
 
 
+@pytest.mark.slow  # about 40 s
 def test_sigterm_to_the_driver_ends_its_mlflow_run_killed_and_its_workers(
     ray_cluster: None, tmp_path: Path, store: Path
 ) -> None:
