@@ -613,6 +613,8 @@ def main() -> None:
     # Under `uv run`, Ray would rebuild this project's environment for every worker (its uv hook): the
     # workers use the interpreter and packages the cluster already has, like the driver.
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # MLflow draws a progress bar for every artifact download, even of one small file.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         app()
     except GanOpsError as e:

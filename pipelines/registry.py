@@ -112,10 +112,13 @@ class Registry:
         return self._version(mv)
 
     def _version(self, mv: Any) -> Version:
-        """`mv` with the latest value of each metric logged on its logged model."""
+        """`mv` with the latest value of each evaluation metric on its logged model (those logged
+        against a dataset: MLflow also links the run's system metrics to the model)."""
         latest: dict[str, Any] = {}
         if (model_id := logged_model_id(mv)) is not None:
             for metric in self.client.get_logged_model(model_id).metrics or []:
+                if not metric.dataset_name:
+                    continue
                 if metric.key not in latest or metric.timestamp >= latest[metric.key].timestamp:
                     latest[metric.key] = metric
         return Version.of(mv, {k: float(m.value) for k, m in latest.items()})

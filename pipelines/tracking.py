@@ -187,7 +187,8 @@ def source_tags(dataset: PreparedDataset, repo: Path) -> dict[str, str]:
             pass
     # A container image has no .git: its build records the commit in $GANOPS_GIT_COMMIT.
     commit = _git(repo, "rev-parse", "HEAD") or os.environ.get("GANOPS_GIT_COMMIT") or "unknown"
-    dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))
+    # Dirty code, that is: data.dvc changes with every new data version, which the run records itself.
+    dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no", "--", ".", f":!{DVC_FILE}"))
     tags = {
         "data_version": version,
         "data_manifest_sha256": sha256_file(dataset.path / MANIFEST),

@@ -159,6 +159,7 @@ def test_promoted_champion_samples_loads_and_serves(project: Path, run_id: str) 
     client = mlflow.MlflowClient(cfg.tracking.uri, registry_uri=cfg.tracking.uri)
     evaluated = mlflow.MlflowClient(cfg.tracking.uri).get_run(run_id).data.metrics
     assert champion.metrics["test_accuracy"] == pytest.approx(evaluated["test_accuracy"])
+    assert set(champion.metrics) == {k for k in evaluated if k.startswith(("test_", "domain_"))}
     model_id = champion.tags["model_uri"].removeprefix("models:/")
     on_model = {m.key: m for m in client.get_logged_model(model_id).metrics}
     assert on_model["domain_fd"].dataset_name == "mnist/test" and on_model["domain_fd"].dataset_digest

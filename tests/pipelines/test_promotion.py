@@ -101,9 +101,8 @@ def evaluated_version(
         client.create_registered_model(name)
     experiment = client.get_run(run_id).info.experiment_id
     model = client.create_logged_model(experiment, name="generator", source_run_id=run_id)
-    client.log_batch(
-        run_id, metrics=[Metric(k, v, 0, 0, model_id=model.model_id) for k, v in metrics.items()]
-    )
+    evaluation = {"model_id": model.model_id, "dataset_name": "d/test", "dataset_digest": "0123"}
+    client.log_batch(run_id, metrics=[Metric(k, v, 0, 0, **evaluation) for k, v in metrics.items()])
     source = f"models:/{model.model_id}"
     return str(
         client.create_model_version(name, source, run_id=run_id, tags={"eval.signature": signature}).version
