@@ -18,7 +18,6 @@ when it was logged, and rebuilds it with the installed code. Models named in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from collections.abc import Callable
@@ -31,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from gan_models.data.prepared import sha256_file
 from gan_models.errors import GanOpsError
 from gan_models.io import write_text, write_with
 from gan_models.nets import ModelOptions, build_models, family, parse_options, sample_latent
@@ -148,14 +148,6 @@ def _load_pyfunc(data_path: str) -> PackagedModel:
     return PackagedModel(Path(data_path))
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_package(model_dir: Path, recorded_sha256: str | None, what: str) -> Path:
     """The package data directory of the downloaded MLflow model `model_dir`, once it is known to be
     ours: a `python_function` flavour with this module as its loader and nothing else, no pickled file,
@@ -192,7 +184,7 @@ def check_package(model_dir: Path, recorded_sha256: str | None, what: str) -> Pa
         raise refuse(f"its data folder holds {files}, not exactly {SPEC} and {WEIGHTS}")
     if recorded_sha256 is None:
         raise refuse(f"the tracking server records no weights hash for it (tag {WEIGHTS_TAG})")
-    actual = sha256_of(data / WEIGHTS)
+    actual = sha256_file(data / WEIGHTS)
     if actual != recorded_sha256:
         raise refuse(
             f"its weights changed after logging (sha256 {actual[:12]}..., recorded {recorded_sha256[:12]}...)"
@@ -277,6 +269,6 @@ def log_model(
             signature=signature,
             input_example=example,
             pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS],
-            tags={WEIGHTS_TAG: sha256_of(package / WEIGHTS)},
+            tags={WEIGHTS_TAG: sha256_file(package / WEIGHTS)},
         )
     return info.model_uri
