@@ -53,8 +53,9 @@ def configure_remote(repo: Path, url: str | None = None) -> None:
 
 
 def remote_url(repo: Path) -> str | None:
-    """The URL of the DVC remote that pulls and pushes use (the default one), if any."""
-    configure_remote(repo)
+    """The URL of the DVC remote that pulls and pushes use (the default one), if any; read only."""
+    if url := os.environ.get(REMOTE_ENV):
+        return url  # what `configure_remote` makes the default before every pull and push
     listed = run_dvc(repo, "remote", "list").splitlines()
     remotes = dict(line.split(None, 1) for line in listed if len(line.split(None, 1)) == 2)
     default = run_dvc(repo, "remote", "default").strip() if remotes else ""
