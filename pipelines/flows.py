@@ -212,9 +212,8 @@ def _run_url(uri: str, run_id: str) -> str | None:
     return f"{redact_secrets(uri).rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
 
 
-def _run_link(uri: str, run_id: str) -> str:
-    """A Markdown link to the run (an artifact in Prefect's UI)."""
-    url = _run_url(uri, run_id)
+def _run_link(uri: str, run_id: str, url: str | None) -> str:
+    """A Markdown link to the run (an artifact in Prefect's UI), `url` its page if it has one."""
     return f"[{run_id}]({url})" if url else f"`{run_id}` (store `{redact_secrets(uri)}`)"
 
 
@@ -270,16 +269,17 @@ def retrain(
     trained = train_or_reuse(cfg, root, data, force, run_name)
     evaluation = evaluate_task(cfg, root, trained["run_id"])
     promotion = promote_task(cfg, root, trained["run_id"])
+    url = _run_url(uri, trained["run_id"])
     summary = {
         **data,
         "run_id": trained["run_id"],
         "skipped": trained["skipped"],
         "metrics": evaluation["metrics"],
         "promotion": promotion,
-        "run_link": _run_link(uri, trained["run_id"]),
+        "run_link": _run_link(uri, trained["run_id"], url),
     }
     create_markdown_artifact(summary_markdown(summary), key="retrain-summary", description="retrain result")
-    if (url := _run_url(uri, trained["run_id"])) is not None:
+    if url is not None:
         create_link_artifact(url, link_text=f"MLflow run {trained['run_id']}", key="mlflow-run")
     print(f"{promotion['name']} v{promotion['version']}: {promotion['reason']}")
     return summary
