@@ -364,7 +364,7 @@ def registry_show(
         registry = Registry(uri)
         registry.require_model(name)
         found = registry.client.search_model_versions(f"name = '{name}'")
-        versions = [(mv, registry.get_version(name, mv.version)) for mv in found]
+        versions = [(mv, registry.version_of(mv)) for mv in found]
     for mv, version in sorted(versions, key=lambda v: int(v[0].version)):
         aliases = ",".join(mv.aliases) or "-"
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(version.metrics.items()) if "_class_" not in k)

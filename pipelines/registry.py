@@ -109,9 +109,9 @@ class Registry:
         except MlflowException:
             self.require_model(name)
             raise RegistryError(f"registered model {name!r} has no version {version}") from None
-        return self._version(mv)
+        return self.version_of(mv)
 
-    def _version(self, mv: Any) -> Version:
+    def version_of(self, mv: Any) -> Version:
         """`mv` with the latest value of each evaluation metric on its logged model (those logged
         against a dataset: MLflow also links the run's system metrics to the model)."""
         latest: dict[str, Any] = {}
@@ -132,7 +132,7 @@ class Registry:
             mv = self.client.get_model_version_by_alias(name, alias)
         except MlflowException:
             return None
-        return self._version(mv)
+        return self.version_of(mv)
 
     def require_model(self, name: str) -> None:
         from mlflow.exceptions import MlflowException
@@ -147,7 +147,7 @@ class Registry:
 
     def versions_of_run(self, name: str, run_id: str) -> list[Version]:
         found = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-        return sorted((self._version(v) for v in found), key=lambda v: int(v.version))
+        return sorted((self.version_of(v) for v in found), key=lambda v: int(v.version))
 
     def history(self, name: str) -> list[dict[str, Any]]:
         """Every decision recorded for `name`, oldest first."""
