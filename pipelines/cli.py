@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -549,25 +549,20 @@ def schedule_cmd(
     triggers = [new_data_trigger(Path.cwd(), parameters)] if on_new_data else []
     # The runs it starts check their parameters against these (`flows.check_served_run`).
     os.environ[SERVED_ENV] = json.dumps(parameters)
+    deployment = {
+        "name": name, "schedules": schedules, "triggers": triggers, "parameters": parameters, "tags": ["ganops"]
+    }  # fmt: skip
     if pool is not None:
-        _deploy_to_pool(pool, name, schedules, triggers, parameters)
+        _deploy_to_pool(pool, deployment)
         return
     # One run at a time: a data change during a scheduled run waits for it instead of racing it.
-    retrain.serve(
-        name=name,
-        schedules=schedules,
-        triggers=triggers,
-        parameters=parameters,
-        tags=["ganops"],
-        global_limit=1,
-    )
+    retrain.serve(**deployment, global_limit=1)
 
 
-def _deploy_to_pool(
-    pool: str, name: str, schedules: list, triggers: list, parameters: dict[str, object]
-) -> None:
-    """`retrain` as a deployment of work pool `pool`, run by `prefect worker start --pool POOL` (on this
-    machine or one that sees the same project folder), with the same parameter checks as a served one."""
+def _deploy_to_pool(pool: str, deployment: dict[str, Any]) -> None:
+    """`retrain` as `deployment` (name, schedules, triggers, parameters, tags) of work pool `pool`, run by
+    `prefect worker start --pool POOL` (on this machine or one that sees the same project folder), with
+    the same parameter checks as a served one."""
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -590,19 +585,17 @@ def _deploy_to_pool(
 
     asyncio.run(ensure_pool())
     source = Path(__file__).resolve().parents[1]  # this checkout: the worker runs its pipelines/flows.py
+    parameters = deployment["parameters"]
     retrain.from_source(source=str(source), entrypoint="pipelines/flows.py:retrain").deploy(
-        name=name,
+        **deployment,
         work_pool_name=pool,
-        schedules=schedules,
-        triggers=triggers,
-        parameters=parameters,
-        tags=["ganops"],
-        concurrency_limit=1,
+        concurrency_limit=1,  # one run at a time, as a served deployment
         job_variables={"env": {SERVED_ENV: json.dumps(parameters)}, "working_dir": parameters["project"]},
         print_next_steps=False,
     )
     typer.echo(
-        f"deployment retrain/{name} on work pool {pool}; run it with: prefect worker start --pool {pool}"
+        f"deployment retrain/{deployment['name']} on work pool {pool}; run it with: "
+        f"prefect worker start --pool {pool}"
     )
 
 
