@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import csv
+import io
 import os
 import re
 import signal
@@ -269,8 +271,6 @@ class EpochTable:
     each epoch; a resumed run keeps the rows of the epochs before its checkpoint."""
 
     def __init__(self, path: Path) -> None:
-        import csv
-
         self.path = path
         self.rows: list[dict[str, str]] = []
         if path.exists():
@@ -278,9 +278,6 @@ class EpochTable:
                 self.rows = list(csv.DictReader(f))
 
     def add(self, epoch: int, metrics: dict[str, float]) -> None:
-        import csv
-        import io
-
         self.rows = [r for r in self.rows if int(r["epoch"]) < epoch]
         self.rows.append({"epoch": str(epoch)} | {k: f"{v:.6g}" for k, v in sorted(metrics.items())})
         columns = list(dict.fromkeys(k for row in self.rows for k in row))
