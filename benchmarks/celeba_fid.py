@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from ssl_quality import prepared
 
 RESULTS = Path(__file__).parent / "results"
 SHARED = Path(
@@ -65,9 +66,6 @@ def plot(epochs: list[dict], floor: float, title: str, path: Path) -> None:
 
 
 def main() -> None:
-    from gan_models.config import load_config
-    from gan_models.data.prepare import prepare_dataset, prepared_path
-    from gan_models.data.prepared import PreparedDataset
     from gan_models.io import write_text
     from gan_models.metrics.feature_cache import real_features, subset_indices
     from gan_models.metrics.frechet import FeatureStats, stats_distance
@@ -89,12 +87,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra config overrides")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config(
-        None,
+    # One prepared copy per content (size, hold-out...), as the other benchmarks: never a stale one.
+    cfg, ds = prepared(
         [
             "data.dataset=celeba",
             f"data.source={SHARED}",
-            f"data.root={args.data_root}",
             "data.image_size=64",
             f"data.holdout_test_size={HELD_OUT}",
             *RECIPES[args.model],
@@ -110,9 +107,8 @@ def main() -> None:
             f"seed={args.seed}",
             *args.set,
         ],
+        args.data_root,
     )
-    path = prepared_path(cfg.data)
-    ds = PreparedDataset.open(path) if (path / "manifest.json").exists() else prepare_dataset(cfg.data)
 
     # The instrument and its reference before training: held-out faces against training faces.
     extractor = InceptionFeatures(device="cpu")
