@@ -73,7 +73,7 @@ def main() -> None:
     from gan_models.nets import sample_latent
     from gan_models.training.batches import to_uint8
     from gan_models.training.loop import TrainHooks, cpu_model, train
-    from gan_models.training.samples import generate
+    from gan_models.training.samples import fixed_latent, generate, save_grid
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(RECIPES), default="dcgan")
@@ -85,6 +85,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", type=Path, default=Path("/tmp/ganops-bench/data"))
     parser.add_argument("--set", action="append", default=[], help="extra config overrides")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue this run's latest checkpoint and its curve so far"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # One prepared copy per content (size, hold-out...), as the other benchmarks: never a stale one.
@@ -120,10 +123,20 @@ def main() -> None:
         f"{len(train_images)} training faces; FID of {HELD_OUT} real training faces: {floor:.2f}", flush=True
     )
     latent = sample_latent(cfg.model, HELD_OUT, ds.num_classes, generator=torch.Generator().manual_seed(7))
+    grid_latent = fixed_latent(cfg, ds.num_classes)
 
-    name = f"celeba64_{args.model}_w{args.width}_s{args.seed}"
+    name = f"celeba64_{args.model}_w{args.width}_b{args.batch_size}_s{args.seed}"
+    out = Path("/tmp/ganops-bench") / name
+    checkpoint = out / "checkpoint.pt"
     epochs: list[dict] = []
-    started = time.perf_counter()
+    if args.resume and checkpoint.exists():
+        epochs = json.loads((RESULTS / f"{name}.json").read_text())["per_epoch"]
+        print(f"resuming {checkpoint} after epoch {epochs[-1]['epoch']}", flush=True)
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        checkpoint = None
+    # Wall time since training began, cumulative over resumed parts (the reference before it left out).
+    started = time.perf_counter() - (epochs[-1]["train_s"] if epochs else 0.0)
 
     def on_epoch(report) -> None:  # noqa: ANN001
         m = report.metrics
@@ -138,16 +151,14 @@ def main() -> None:
             print(
                 f"  FID {fid:.2f} (real {floor:.2f}; scored in {time.perf_counter() - t:.0f} s)", flush=True
             )
+            # Everything at every point, so a run stopped early (a session's end) still has its figures.
             write_text(RESULTS / f"{name}.json", json.dumps({"floor": floor, "per_epoch": epochs}, indent=1))
+            save_grid(report.averaged("generator"), grid_latent, RESULTS / f"{name}_samples.png")
+            plot(epochs, floor, f"{args.model.upper()} on CelebA 64x64", RESULTS / f"{name}_fid.png")
 
-    out = Path("/tmp/ganops-bench") / name
-    shutil.rmtree(out, ignore_errors=True)
-    train(cfg, ds, out_dir=out, hooks=TrainHooks(on_epoch=on_epoch))
+    train(cfg, ds, out_dir=out, resume=checkpoint, hooks=TrainHooks(on_epoch=on_epoch))
     wall = time.perf_counter() - started
 
-    RESULTS.mkdir(exist_ok=True)
-    shutil.copy(out / "samples" / f"epoch_{args.epochs:04d}.png", RESULTS / f"{name}_samples.png")
-    plot(epochs, floor, f"{args.model.upper()} on CelebA 64x64", RESULTS / f"{name}_fid.png")
     best = min(epochs, key=lambda e: e["fid"])
     row = {
         "model": args.model,
