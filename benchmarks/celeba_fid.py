@@ -72,8 +72,9 @@ def main() -> None:
     from gan_models.metrics.inception import InceptionFeatures
     from gan_models.nets import sample_latent
     from gan_models.training.batches import to_uint8
+    from gan_models.training.checkpoint import read_resume_info
     from gan_models.training.loop import TrainHooks, cpu_model, train
-    from gan_models.training.samples import fixed_latent, generate, save_grid
+    from gan_models.training.samples import generate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(RECIPES), default="dcgan")
@@ -123,16 +124,21 @@ def main() -> None:
         f"{len(train_images)} training faces; FID of {HELD_OUT} real training faces: {floor:.2f}", flush=True
     )
     latent = sample_latent(cfg.model, HELD_OUT, ds.num_classes, generator=torch.Generator().manual_seed(7))
-    grid_latent = fixed_latent(cfg, ds.num_classes)
 
     name = f"celeba64_{args.model}_w{args.width}_b{args.batch_size}_s{args.seed}"
     out = Path("/tmp/ganops-bench") / name
     checkpoint = out / "checkpoint.pt"
     epochs: list[dict] = []
     if args.resume and checkpoint.exists():
-        epochs = json.loads((RESULTS / f"{name}.json").read_text())["per_epoch"]
-        print(f"resuming {checkpoint} after epoch {epochs[-1]['epoch']}", flush=True)
+        # The curve up to the checkpoint: a run stopped while scoring has a checkpoint but not its point.
+        done = read_resume_info(checkpoint).epoch
+        curve = RESULTS / f"{name}.json"
+        saved = json.loads(curve.read_text())["per_epoch"] if curve.exists() else []
+        epochs = [e for e in saved if e["epoch"] <= done]
+        print(f"resuming {checkpoint} after epoch {done}", flush=True)
     else:
+        if args.resume:
+            print(f"no checkpoint at {checkpoint}: starting afresh", flush=True)
         shutil.rmtree(out, ignore_errors=True)
         checkpoint = None
     # Wall time since training began, cumulative over resumed parts (the reference before it left out).
@@ -153,7 +159,8 @@ def main() -> None:
             )
             # Everything at every point, so a run stopped early (a session's end) still has its figures.
             write_text(RESULTS / f"{name}.json", json.dumps({"floor": floor, "per_epoch": epochs}, indent=1))
-            save_grid(report.averaged("generator"), grid_latent, RESULTS / f"{name}_samples.png")
+            if report.samples is not None:  # the loop's own EMA grid of this epoch (samples_every)
+                shutil.copy(report.samples, RESULTS / f"{name}_samples.png")
             plot(epochs, floor, f"{args.model.upper()} on CelebA 64x64", RESULTS / f"{name}_fid.png")
 
     train(cfg, ds, out_dir=out, resume=checkpoint, hooks=TrainHooks(on_epoch=on_epoch))
