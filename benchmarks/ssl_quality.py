@@ -6,8 +6,12 @@ One run per invocation (a seed and a mode), appended as a JSON line to benchmark
     uv run python benchmarks/ssl_quality.py --dataset mnist --mode ssgan --seed 0 --epochs 20
     uv run python benchmarks/ssl_quality.py --dataset mnist --mode supervised --seed 0 --epochs 5
     uv run python benchmarks/ssl_quality.py --summary
+    uv run python benchmarks/ssl_quality.py --dataset mnist --epochs 20 --plot results/curves.png
     uv run python benchmarks/ssl_quality.py --dataset mnist --ablation --seeds 0 1 --epochs 3
     uv run python benchmarks/ssl_quality.py --ablation-summary
+
+`--plot PATH` draws the test-error curves of the recorded runs (both modes, every seed) whose dataset,
+schedule and overrides are the command's, instead of running one.
 
 `--ablation` runs improved-gan's recipe (the defaults) and, for each deviation the code can take
 instead, the same budget with only that option changed (`ABLATIONS`); rows carry the variant's name.
@@ -222,6 +226,45 @@ def summary() -> None:
         )
 
 
+def plot(dataset: str, epochs: int, decay: int | None, extra: list[str], path: Path) -> None:
+    """Per-epoch test error (EMA D) of every recorded run of this dataset, schedule and overrides."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    rows = [
+        r
+        for r in rows
+        if (r["dataset"], r["epochs"], r["lr_decay_start"], r["overrides"]) == (dataset, epochs, decay, extra)
+    ]
+    if not rows:
+        raise SystemExit(f"no run in {RESULTS} has this dataset, schedule and overrides")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = {"ssgan": "tab:blue", "supervised": "tab:orange"}
+    for r in sorted(rows, key=lambda r: (r["mode"], r["seed"])):
+        curve = r["curve"]
+        label = f"{r['mode']}, seed {r['seed']}: {100 * r['test_error_ema']:.1f}%"
+        ax.plot(
+            [c["epoch"] for c in curve],
+            [100 * c["test_error_ema"] for c in curve],
+            color=colours.get(r["mode"]),
+            alpha=0.4 + 0.2 * (r["seed"] % 4),
+            marker=".",
+            label=label,
+        )
+    ax.set_xlabel(f"epoch (lr decays linearly to 0 from epoch {decay})" if decay else "epoch")
+    ax.set_ylabel("test error %, EMA classifier")
+    ax.set_title(f"{dataset}, {rows[0]['labels']} labels", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    print(f"{len(rows)} runs -> {path}")
+
+
 def dataset_skips(dataset: str, variant: str) -> bool:
     """A variant that changes nothing on `dataset` (the MNIST-only input noise elsewhere)."""
     return bool(ABLATIONS[variant]) and not ablation_overrides(dataset, variant)
@@ -268,7 +311,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=None, help="only these ABLATIONS entries")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
     parser.add_argument("--ablation-summary", action="store_true")
+    parser.add_argument("--plot", type=Path, default=None, help="draw the matching runs' curves to PATH")
     args = parser.parse_args()
+    if args.plot:
+        plot(args.dataset, args.epochs, args.decay, args.extra, args.plot)
+        return
     if args.summary:
         summary()
         return
