@@ -16,12 +16,11 @@ of 64 fixed-seed samples (`results/demo_recipe_<recipe>.png`). Rows go to result
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
-from ssl_quality import _commit, append_row, prepared
+from ssl_quality import _commit, append_row, prepared, read_rows
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "demo_recipe.jsonl"
@@ -154,7 +153,7 @@ def run(recipe: str, seed: int, epochs: int, decay: int | None, data_root: Path)
 
 
 def summary() -> None:
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    rows = read_rows(RESULTS)
     print(
         "| recipe | seed | epochs | test error % per epoch (EMA D) | domain FD per epoch | untrained FD | spread | s |"
     )

@@ -6,7 +6,7 @@ One run per invocation (a seed and a mode), appended as a JSON line to benchmark
     uv run python benchmarks/ssl_quality.py --dataset mnist --mode ssgan --seed 0 --epochs 20
     uv run python benchmarks/ssl_quality.py --dataset mnist --mode supervised --seed 0 --epochs 5
     uv run python benchmarks/ssl_quality.py --summary
-    uv run python benchmarks/ssl_quality.py --dataset mnist --epochs 20 --plot results/curves.png
+    uv run python benchmarks/ssl_quality.py --dataset mnist --epochs 20 --plot benchmarks/results/curves.png
     uv run python benchmarks/ssl_quality.py --dataset mnist --ablation --seeds 0 1 --epochs 3
     uv run python benchmarks/ssl_quality.py --ablation-summary
 
@@ -108,6 +108,11 @@ def prepared(overrides: list[str], data_root: Path) -> tuple:
     return cfg, ds
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The JSON rows of the JSON-lines file `path`."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def append_row(path: Path, row: dict) -> None:
     """Print `row` and append it to the JSON-lines file `path`."""
     print(json.dumps(row), flush=True)
@@ -201,7 +206,7 @@ def _mean_std(rows: list[dict], key: str) -> str:
 
 
 def summary() -> None:
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    rows = read_rows(RESULTS)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         # Rows are comparable when the schedule and every override match; seeds are what varies.
@@ -233,10 +238,9 @@ def plot(dataset: str, epochs: int, decay: int | None, extra: list[str], path: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
     rows = [
         r
-        for r in rows
+        for r in read_rows(RESULTS)
         if (r["dataset"], r["epochs"], r["lr_decay_start"], r["overrides"]) == (dataset, epochs, decay, extra)
     ]
     if not rows:
@@ -272,7 +276,7 @@ def dataset_skips(dataset: str, variant: str) -> bool:
 
 def ablation_summary() -> None:
     """Per dataset and budget: each variant's mean +- std error, and its difference to the defaults."""
-    rows = [json.loads(line) for line in ABLATION_RESULTS.read_text().splitlines() if line.strip()]
+    rows = read_rows(ABLATION_RESULTS)
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in rows:
         budget = (r["dataset"], r["labels"], r["epochs"], r["lr_decay_start"] or 0)
