@@ -1,9 +1,9 @@
 """Benchmark: how hard is synthetic-svhn? The SSGAN discriminator trained as a plain supervised classifier.
 
 `SSGANConvDiscriminator` at quarter width (d_features=16: 16/32 channels, dropout 0.2 on the input and
-0.5 inside), cross-entropy on its logits, Adam lr 3e-4 beta1 0.5, batch 100, fp32, one thread, on
-20,000 rendered training images (stream seed 0) and 5,000 test images (stream seed 1, as `prepare`
-seeds them), in two modes:
+0.5 inside), cross-entropy on its logits, Adam (lr 3e-4 unless `--lr`) beta1 0.5, batch 100, fp32,
+one thread, on 20,000 rendered training images (stream seed 0) and 5,000 test images (stream seed 1,
+as `prepare` seeds them), in two modes:
 
 * `--mode labels1000`: 100 labels per class, trained until the test error of the weight EMA stops
   falling (no improvement over `--patience` evaluations, one every `--eval-every` steps, and not
@@ -15,6 +15,10 @@ all labels under 5%. Prints the curve and appends a JSON row to benchmarks/resul
 
     OMP_NUM_THREADS=1 uv run python benchmarks/svhn_calibration.py --mode labels1000
     OMP_NUM_THREADS=1 uv run python benchmarks/svhn_calibration.py --mode all --epochs 6
+    OMP_NUM_THREADS=1 uv run python benchmarks/svhn_calibration.py --mode all --epochs 40 --lr 1e-3 --decay 20
+
+`--lr` and `--decay` (the epoch where a linear decay to 0 at the last step starts) set the schedule;
+the default is a constant 3e-4.
 """
 
 from __future__ import annotations
@@ -81,6 +85,10 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=6000)
     parser.add_argument("--epochs", type=int, default=6, help="mode all: epochs over the 20,000 labels")
     parser.add_argument("--ema", type=float, default=0.998, help="decay of the evaluated weight average")
+    parser.add_argument("--lr", type=float, default=3e-4, help="Adam's learning rate")
+    parser.add_argument(
+        "--decay", type=float, default=None, help="epoch where a linear lr decay to 0 at the end starts"
+    )
     parser.add_argument("--seed", type=int, default=0, help="init, label subset and batch order")
     parser.add_argument("--no-record", action="store_true", help="print only, append nothing")
     parser.add_argument(
@@ -119,13 +127,14 @@ def main() -> None:
     ema = copy.deepcopy(model)
     for q in ema.parameters():
         q.requires_grad_(False)
-    opt = torch.optim.Adam(trainable(model), lr=3e-4, betas=(0.5, 0.999), eps=1e-4)
+    opt = torch.optim.Adam(trainable(model), lr=args.lr, betas=(0.5, 0.999), eps=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     batch = 100
     steps_per_epoch = len(x) // batch
     eval_every = args.eval_every or (200 if args.mode == "labels1000" else steps_per_epoch)
     max_steps = args.max_steps if args.mode == "labels1000" else args.epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(args.seed)
+    decay_step = None if args.decay is None else int(args.decay * steps_per_epoch)
 
     curve: list[dict] = []
     best, since_best, step = 1.0, 0, 0
@@ -139,6 +148,10 @@ def main() -> None:
             k = step % steps_per_epoch
             if k == 0 and step:
                 order = torch.randperm(len(x), generator=gen)
+            if decay_step is not None and step >= decay_step:
+                # The comparison's schedule: constant, then linear to 0 at the last step.
+                for group in opt.param_groups:
+                    group["lr"] = args.lr * (max_steps - step) / (max_steps - decay_step)
             idx = order[k * batch : (k + 1) * batch]
             logits, _ = model(x[idx])
             loss = loss_fn(logits, y[idx])
@@ -191,7 +204,8 @@ def main() -> None:
             "d_features": 16,
             "input_dropout": 0.2,
             "dropout": 0.5,
-            "lr": 3e-4,
+            "lr": args.lr,
+            "lr_decay_start_epoch": args.decay,
             "betas": [0.5, 0.999],
             "batch": batch,
             "ema": args.ema,
