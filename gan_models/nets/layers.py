@@ -124,6 +124,13 @@ class GaussianNoise(nn.Module):
         return x + self.std * torch.randn_like(x)
 
 
+class SymmetricSigmoid(nn.Module):
+    """2 sigmoid(x) - 1: a sigmoid output layer for images in [-1, 1] instead of [0, 1]."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(0.5 * x)  # the same function, without sigmoid's cancellation near 1
+
+
 class MinibatchDiscrimination(nn.Module):
     """Salimans et al. 2016, section 3.2: append, per example, how close it is to the rest of the batch.
 

@@ -54,6 +54,7 @@ from gan_models.nets.layers import (
     GaussianNoise,
     ImageShape,
     MinibatchDiscrimination,
+    SymmetricSigmoid,
     data_dependent_init,
     fix,
     image_numel,
@@ -208,10 +209,19 @@ def _batch_norm(cls: type[nn.BatchNorm1d] | type[nn.BatchNorm2d], width: int, sc
 
 
 class SSGANMLPGenerator(nn.Module):
-    """improved-gan's MNIST generator: z -> 500 -> 500 (BN, softplus) -> image, tanh to [-1, 1]."""
+    """improved-gan's MNIST generator: z -> 500 -> 500 (BN, softplus) -> image in [-1, 1].
+
+    `output="sigmoid"` is improved-gan's sigmoid on [0, 1] pixels mapped to [-1, 1] (2 sigmoid(a) - 1,
+    the same function of the same weights); `"tanh"` is tanh(a), twice as steep at the start.
+    """
 
     def __init__(
-        self, latent_dim: int, image_shape: ImageShape, hidden: int = 500, bn_scale: bool = False
+        self,
+        latent_dim: int,
+        image_shape: ImageShape,
+        hidden: int = 500,
+        bn_scale: bool = False,
+        output: Literal["sigmoid", "tanh"] = "sigmoid",
     ) -> None:
         super().__init__()
         self.input_dim = latent_dim
@@ -226,9 +236,8 @@ class SSGANMLPGenerator(nn.Module):
             nn.Linear(hidden, hidden, bias=False),
             _batch_norm(nn.BatchNorm1d, hidden, bn_scale),
             nn.Softplus(),
-            # improved-gan ends in a weight-normed sigmoid layer on [0, 1] pixels; tanh is its [-1, 1] twin.
             out,
-            nn.Tanh(),
+            SymmetricSigmoid() if output == "sigmoid" else nn.Tanh(),
             nn.Unflatten(1, image_shape),
         )
 
@@ -310,6 +319,10 @@ class SSGANOptions(ModelOptions):
         "improved-gan", description="32x32/64x64 generator: improved-gan's 5x5 one, or the DCGAN generator"
     )
     g_bn_scale: bool = Field(False, description="learn the generator's batch-norm scales (improved-gan: no)")
+    g_output: Literal["sigmoid", "tanh"] = Field(
+        "tanh",
+        description="MNIST generator's output: improved-gan's sigmoid, as 2 sigmoid(a) - 1 on [-1, 1], or tanh(a)",
+    )
 
 
 def build(options: SSGANOptions, image_shape: ImageShape, num_classes: int) -> Models:
@@ -317,7 +330,9 @@ def build(options: SSGANOptions, image_shape: ImageShape, num_classes: int) -> M
     _, h, w = image_shape
     if (h, w) == (28, 28):
         return {
-            "generator": SSGANMLPGenerator(options.latent_dim, image_shape, bn_scale=options.g_bn_scale),
+            "generator": SSGANMLPGenerator(
+                options.latent_dim, image_shape, bn_scale=options.g_bn_scale, output=options.g_output
+            ),
             "discriminator": SSGANMLPDiscriminator(
                 image_shape,
                 num_classes,

@@ -91,6 +91,21 @@ def test_generator_batch_norm_has_no_learned_scale_by_default() -> None:
     assert torch.all(g(torch.rand(4, 100)).abs() <= 1)
 
 
+def test_mnist_generator_sigmoid_output_is_improved_gans_sigmoid_on_minus_one_to_one() -> None:
+    """improved-gan's MNIST G ends in sigmoid on [0, 1] pixels; here 2 sigmoid(a) - 1 on [-1, 1] pixels."""
+    torch.manual_seed(0)
+    nets = {
+        out: build_models(load_config(None, [f"model.g_output={out}"]).model, (1, 28, 28), 10)["generator"]
+        for out in ("sigmoid", "tanh")
+    }
+    nets["tanh"].load_state_dict(nets["sigmoid"].state_dict())
+    z = torch.rand(8, 100)
+    with torch.no_grad():
+        a = nets["sigmoid"].net[:-2](z)  # the output layer's pre-activations (before act, unflatten)
+        assert torch.allclose(nets["sigmoid"](z).flatten(1), 2 * torch.sigmoid(a) - 1, atol=1e-6)
+        assert torch.allclose(nets["tanh"](z).flatten(1), torch.tanh(a), atol=1e-6)
+
+
 def test_feature_matching_l1_and_l2() -> None:
     real = torch.tensor([[1.0, 0.0], [3.0, 0.0]])  # mean (2, 0)
     fake = torch.tensor([[0.0, 1.0], [0.0, 3.0]])  # mean (0, 2)
