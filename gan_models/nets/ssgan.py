@@ -320,7 +320,7 @@ class SSGANOptions(ModelOptions):
     )
     g_bn_scale: bool = Field(False, description="learn the generator's batch-norm scales (improved-gan: no)")
     g_output: Literal["sigmoid", "tanh"] = Field(
-        "tanh",
+        "sigmoid",
         description="MNIST generator's output: improved-gan's sigmoid, as 2 sigmoid(a) - 1 on [-1, 1], or tanh(a)",
     )
 
