@@ -15,10 +15,10 @@ all labels under 5%. Prints the curve and appends a JSON row to benchmarks/resul
 
     OMP_NUM_THREADS=1 uv run python benchmarks/svhn_calibration.py --mode labels1000
     OMP_NUM_THREADS=1 uv run python benchmarks/svhn_calibration.py --mode all --epochs 6
-    OMP_NUM_THREADS=1 uv run python benchmarks/svhn_calibration.py --mode all --epochs 40 --lr 1e-3 --decay 20
+    OMP_NUM_THREADS=1 uv run python benchmarks/svhn_calibration.py --mode all --epochs 90 --lr 1e-3 --decay 45
 
-`--lr` and `--decay` (the epoch where a linear decay to 0 at the last step starts) set the schedule;
-the default is a constant 3e-4.
+`--lr` and `--decay` (the epoch where a linear decay to 0 at the last step starts, stepped every
+step where the training loop steps per epoch) set the schedule; the default is a constant 3e-4.
 """
 
 from __future__ import annotations

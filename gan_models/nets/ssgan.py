@@ -211,8 +211,8 @@ def _batch_norm(cls: type[nn.BatchNorm1d] | type[nn.BatchNorm2d], width: int, sc
 class SSGANMLPGenerator(nn.Module):
     """improved-gan's MNIST generator: z -> 500 -> 500 (BN, softplus) -> image in [-1, 1].
 
-    `output="sigmoid"` is improved-gan's sigmoid on [0, 1] pixels mapped to [-1, 1] (2 sigmoid(a) - 1,
-    the same function of the same weights); `"tanh"` is tanh(a), twice as steep at the start.
+    `output="tanh"` (`SSGANOptions.g_output`'s default) is tanh(a); `"sigmoid"` is improved-gan's sigmoid
+    on [0, 1] pixels mapped to [-1, 1] (2 sigmoid(a) - 1, the same function of the same weights).
     """
 
     def __init__(
@@ -221,7 +221,7 @@ class SSGANMLPGenerator(nn.Module):
         image_shape: ImageShape,
         hidden: int = 500,
         bn_scale: bool = False,
-        output: Literal["sigmoid", "tanh"] = "sigmoid",
+        output: Literal["sigmoid", "tanh"] = "tanh",
     ) -> None:
         super().__init__()
         self.input_dim = latent_dim
