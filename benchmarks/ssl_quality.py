@@ -66,6 +66,7 @@ ABLATIONS: dict[str, list[str]] = {
     "Adam eps 1e-8": ["train.adam_eps=1e-8"],
     "z ~ N(0, I)": ["model.latent=normal"],
     "G batch norm with scale": ["model.g_bn_scale=true"],
+    "DCGAN generator (32x32)": ["model.generator=dcgan"],
     "EMA 0.999": ["train.ema_decay=0.999"],
     # The one default that is not improved-gan's (measured: RESULTS.md); the variant is improved-gan's.
     "MNIST G output: improved-gan's sigmoid": ["model.g_output=sigmoid"],
@@ -79,17 +80,21 @@ ABLATIONS: dict[str, list[str]] = {
         "model.latent=normal",
         "model.g_bn_scale=true",
         "train.ema_decay=0.999",
+        "model.generator=dcgan",
     ],
 }
 # improved-gan's feature-matching distance per dataset's nets; the ablation takes the other one.
 _OTHER_DISTANCE = {"mnist": "l1", "synthetic-svhn": "l2"}
+# Options that only one net changes: the MNIST MLPs' (28x28) or the conv nets' (32x32).
+_MNIST_ONLY = ("model.input_noise", "model.g_output")
+_CONV_ONLY = ("model.generator",)
 
 
 def ablation_overrides(dataset: str, variant: str) -> list[str]:
-    """The overrides of `variant` on `dataset` (MNIST-only options are dropped on other data)."""
+    """The overrides of `variant` on `dataset`, without the options its nets do not have."""
     out = []
     for o in ABLATIONS[variant]:
-        if o.startswith("model.input_noise") and dataset != "mnist":
+        if o.startswith(_CONV_ONLY if dataset == "mnist" else _MNIST_ONLY):
             continue
         out.append(o.replace("OTHER", _OTHER_DISTANCE[dataset]))
     return out
@@ -272,7 +277,7 @@ def plot(dataset: str, epochs: int, decay: int | None, extra: list[str], path: P
 
 
 def dataset_skips(dataset: str, variant: str) -> bool:
-    """A variant that changes nothing on `dataset` (the MNIST-only input noise elsewhere)."""
+    """A variant that changes nothing on `dataset` (an option its nets do not have)."""
     return bool(ABLATIONS[variant]) and not ablation_overrides(dataset, variant)
 
 
