@@ -282,28 +282,32 @@ def dataset_skips(dataset: str, variant: str) -> bool:
 
 
 def ablation_summary() -> None:
-    """Per dataset and budget: each variant's mean +- std error, and its difference to the defaults."""
+    """Per dataset and budget: each variant's mean +- std error, and its difference to the defaults
+    measured at the same commit (rows of other code are other lines, never averaged together)."""
     rows = read_rows(ABLATION_RESULTS)
-    groups: dict[tuple, dict[str, list[dict]]] = {}
+    groups: dict[tuple, dict[tuple[str, str], list[dict]]] = {}
     for r in rows:
         budget = (r["dataset"], r["labels"], r["epochs"], r["lr_decay_start"] or 0)
-        groups.setdefault(budget, {}).setdefault(r["variant"], []).append(r)
+        groups.setdefault(budget, {}).setdefault((r["variant"], r["commit"]), []).append(r)
     for (dataset, labels, epochs, decay), variants in sorted(groups.items()):
         print(f"\n{dataset}, {labels} labels, {epochs} epochs (decay from {decay}):")
-        reference = variants.get("improved-gan (defaults)")
-        ref_mean = statistics.mean(100 * r["test_error_ema"] for r in reference) if reference else None
-        print("| variant | seeds | test error % (EMA D) | per seed | vs defaults | train s/run |")
-        print("|---|---:|---:|---|---:|---:|")
-        for variant in ABLATIONS:
-            rs = variants.get(variant)
-            if not rs:
-                continue
+        print("| variant | commit | seeds | test error % (EMA D) | per seed | vs defaults | train s/run |")
+        print("|---|---|---:|---:|---|---:|---:|")
+        order = {v: i for i, v in enumerate(ABLATIONS)}
+        for variant, commit in sorted(variants, key=lambda vc: (order.get(vc[0], len(order)), vc[1])):
+            rs = variants[variant, commit]
+            reference = variants.get(("improved-gan (defaults)", commit))
             mean = statistics.mean(100 * r["test_error_ema"] for r in rs)
-            delta = f"{mean - ref_mean:+.2f}" if ref_mean is not None else "n/a"
+            delta = (
+                f"{mean - statistics.mean(100 * r['test_error_ema'] for r in reference):+.2f}"
+                if reference
+                else "n/a"
+            )
             seeds = ", ".join(f"{100 * r['test_error_ema']:.2f}" for r in sorted(rs, key=lambda r: r["seed"]))
             train_s = statistics.mean(r["train_s"] for r in rs)
             print(
-                f"| {variant} | {len(rs)} | {_mean_std(rs, 'test_error_ema')} | {seeds} | {delta} | {train_s:.0f} |"
+                f"| {variant} | {commit} | {len(rs)} | {_mean_std(rs, 'test_error_ema')} | {seeds} | {delta} "
+                f"| {train_s:.0f} |"
             )
 
 
