@@ -6,8 +6,10 @@ pre-training on the labelled pool?
 For each setting (`model.encoder_pretrain_steps` = the default and 0) it trains StackedGAN on MNIST with
 100 labels per class (1,000 labels among 60,000 images), draws 100 samples per class from the EMA
 generator, and reports the project's evaluation classifier's accuracy on them against the class asked
-for (chance: 10%), plus the encoder's own test accuracy. Rows go to
-benchmarks/results/stackedgan_conditional.jsonl and a per-class grid per setting beside it.
+for (chance: 10%), how much the samples of one class differ from each other (per-pixel std, against
+the same for 100 real test images per class: a class drawn in a single style follows its class and has
+still collapsed), and the encoder's own test accuracy. Rows go to
+benchmarks/results/stackedgan_conditional.jsonl and a per-class grid per setting (and seed) beside it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ SHARED = Path(
     os.environ.get("GANOPS_SOURCE_ROOT", Path(__file__).resolve().parents[2] / "shared" / "datasets")
 )
 PER_CLASS = 100
+
+
+def within_class_std(
+    images: torch.Tensor, labels: torch.Tensor, k: int, per_class: int | None = None
+) -> float:
+    """Mean over classes of the per-pixel std across a class's images (the first `per_class` of each),
+    on [-1, 1] pixels: how much the images of one class differ from each other."""
+    stds = [images[labels == c][:per_class].float().std(0).mean() for c in range(k)]
+    return float(torch.stack(stds).mean())
 
 
 def run(pretrain_steps: int | None, epochs: int, seed: int, width: int, data_root: Path) -> dict:
@@ -70,6 +81,8 @@ def run(pretrain_steps: int | None, epochs: int, seed: int, width: int, data_roo
         samples = generator(latent.z)
         judged = torch.cat([judge.network(b)[0].argmax(1) for b in samples.clamp(-1, 1).split(500)])
     follows = (judged == asked).float().mean().item()
+    real = to_float(torch.from_numpy(np.asarray(ds.images("test"))))
+    real_labels = torch.from_numpy(np.asarray(ds.labels("test")))
     spec = family(cfg.model)
     models = {n: result.averaged(n) for n in spec.classifier}
     test_images, test_labels = np.asarray(ds.images("test")), np.asarray(ds.labels("test"))
@@ -81,7 +94,11 @@ def run(pretrain_steps: int | None, epochs: int, seed: int, width: int, data_roo
             ]
         ).numpy()
     encoder_acc = float((predicted == test_labels).mean())
-    grid = RESULTS / f"stackedgan_conditional_{'default' if pretrain_steps is None else pretrain_steps}.png"
+    grid = RESULTS / (
+        f"stackedgan_conditional_{'default' if pretrain_steps is None else pretrain_steps}"
+        + (f"_s{seed}" if seed else "")
+        + ".png"
+    )
     grid_latent = sample_latent(
         cfg.model, k * 8, k, generator=torch.Generator().manual_seed(2), labels=torch.arange(k).repeat(8)
     )
@@ -93,6 +110,9 @@ def run(pretrain_steps: int | None, epochs: int, seed: int, width: int, data_roo
         "width": width,
         "labels": len(ds.labeled_indices()),
         "samples_follow_class": round(follows, 4),
+        # A class drawn in one style follows its class and still has collapsed: the variety within it.
+        "within_class_std": round(within_class_std(samples, asked, k), 4),
+        "real_within_class_std": round(within_class_std(real, real_labels, k, PER_CLASS), 4),
         "encoder_test_accuracy": round(encoder_acc, 4),
         "judge_test_accuracy": round(judge.test_accuracy, 4),
         "train_s": round(train_s, 1),
