@@ -289,20 +289,17 @@ def ablation_summary() -> None:
     for r in rows:
         budget = (r["dataset"], r["labels"], r["epochs"], r["lr_decay_start"] or 0)
         groups.setdefault(budget, {}).setdefault((r["variant"], r["commit"]), []).append(r)
+    order = {v: i for i, v in enumerate(ABLATIONS)}
     for (dataset, labels, epochs, decay), variants in sorted(groups.items()):
         print(f"\n{dataset}, {labels} labels, {epochs} epochs (decay from {decay}):")
         print("| variant | commit | seeds | test error % (EMA D) | per seed | vs defaults | train s/run |")
         print("|---|---|---:|---:|---|---:|---:|")
-        order = {v: i for i, v in enumerate(ABLATIONS)}
         for variant, commit in sorted(variants, key=lambda vc: (order.get(vc[0], len(order)), vc[1])):
             rs = variants[variant, commit]
             reference = variants.get(("improved-gan (defaults)", commit))
             mean = statistics.mean(100 * r["test_error_ema"] for r in rs)
-            delta = (
-                f"{mean - statistics.mean(100 * r['test_error_ema'] for r in reference):+.2f}"
-                if reference
-                else "n/a"
-            )
+            ref_mean = statistics.mean(100 * r["test_error_ema"] for r in reference) if reference else None
+            delta = f"{mean - ref_mean:+.2f}" if ref_mean is not None else "n/a"
             seeds = ", ".join(f"{100 * r['test_error_ema']:.2f}" for r in sorted(rs, key=lambda r: r["seed"]))
             train_s = statistics.mean(r["train_s"] for r in rs)
             print(

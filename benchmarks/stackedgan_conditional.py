@@ -81,8 +81,6 @@ def run(pretrain_steps: int | None, epochs: int, seed: int, width: int, data_roo
         samples = generator(latent.z)
         judged = torch.cat([judge.network(b)[0].argmax(1) for b in samples.clamp(-1, 1).split(500)])
     follows = (judged == asked).float().mean().item()
-    real = to_float(torch.from_numpy(np.asarray(ds.images("test"))))
-    real_labels = torch.from_numpy(np.asarray(ds.labels("test")))
     spec = family(cfg.model)
     models = {n: result.averaged(n) for n in spec.classifier}
     test_images, test_labels = np.asarray(ds.images("test")), np.asarray(ds.labels("test"))
@@ -112,7 +110,12 @@ def run(pretrain_steps: int | None, epochs: int, seed: int, width: int, data_roo
         "samples_follow_class": round(follows, 4),
         # A class drawn in one style follows its class and still has collapsed: the variety within it.
         "within_class_std": round(within_class_std(samples, asked, k), 4),
-        "real_within_class_std": round(within_class_std(real, real_labels, k, PER_CLASS), 4),
+        "real_within_class_std": round(
+            within_class_std(
+                to_float(torch.from_numpy(test_images)), torch.from_numpy(test_labels), k, PER_CLASS
+            ),
+            4,
+        ),
         "encoder_test_accuracy": round(encoder_acc, 4),
         "judge_test_accuracy": round(judge.test_accuracy, 4),
         "train_s": round(train_s, 1),
