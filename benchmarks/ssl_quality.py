@@ -66,6 +66,7 @@ ABLATIONS: dict[str, list[str]] = {
     "Adam eps 1e-8": ["train.adam_eps=1e-8"],
     "z ~ N(0, I)": ["model.latent=normal"],
     "G batch norm with scale": ["model.g_bn_scale=true"],
+    "He init (PyTorch's elsewhere)": ["model.weight_init=he"],
     "DCGAN generator (32x32)": ["model.generator=dcgan"],
     "EMA 0.999": ["train.ema_decay=0.999"],
     # The one default that is not improved-gan's (measured: RESULTS.md); the variant is improved-gan's.
@@ -79,6 +80,7 @@ ABLATIONS: dict[str, list[str]] = {
         "train.adam_eps=1e-8",
         "model.latent=normal",
         "model.g_bn_scale=true",
+        "model.weight_init=he",
         "train.ema_decay=0.999",
         "model.generator=dcgan",
     ],

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 ImageShape = tuple[int, int, int]
+# A layer's initial weights: ("normal", std), ("he", leaky-ReLU slope), ("glorot", 0) or None (PyTorch's).
+WeightInit = tuple[Literal["normal", "he", "glorot"], float] | None
 
 
 def image_numel(shape: ImageShape) -> int:
@@ -16,26 +19,42 @@ def image_numel(shape: ImageShape) -> int:
     return math.prod(shape)
 
 
+def init_weights(layer: nn.Conv2d | nn.ConvTranspose2d | nn.Linear, init: WeightInit) -> None:
+    """Set `layer`'s weight by `init` and zero its bias (a `WeightInit` of None: PyTorch's default).
+
+    Under weight norm the weight's size is the step size's scale: Adam moves each entry by about the
+    learning rate, so a direction of norm |v| turns by about lr * sqrt(fan_in) / |v| per step. The
+    reference's N(0, std) weights make that lr / std in every layer; He's make it grow with fan-in.
+    """
+    if init is None:
+        return
+    kind, value = init
+    if kind == "normal":
+        nn.init.normal_(layer.weight, 0.0, value)
+    elif kind == "he":
+        nn.init.kaiming_normal_(layer.weight, a=value, nonlinearity="leaky_relu")
+    else:
+        nn.init.xavier_uniform_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
 def wn(
     layer: nn.Conv2d | nn.ConvTranspose2d | nn.Linear,
-    relu_slope: float | None = None,
+    init: WeightInit = None,
     *,
     init_scale: float | None = 1.0,
     train_scale: bool = True,
 ) -> nn.Module:
     """Weight-normalised `layer` (Salimans & Kingma 2016), as in the improved-gan networks.
 
-    With `relu_slope` (0 for ReLU) the direction is He-initialised first, so activations keep their
-    scale through deep stacks even without `data_dependent_init`, which then sets each scale and bias
-    from a data batch so that the pre-activations have mean 0 and std `init_scale` per channel
-    (`init_scale=None`: a layer that init leaves alone).
+    `init` sets the weight first (`init_weights`); its norm becomes the initial scale, which
+    `data_dependent_init` then sets from a data batch so that the pre-activations have mean 0 and std
+    `init_scale` per channel (`init_scale=None`: a layer that init leaves alone).
     `train_scale=False` keeps the scale where that init put it (improved-gan's hidden layers,
     `train_g=False`): only the direction and bias learn.
     """
-    if relu_slope is not None:
-        nn.init.kaiming_normal_(layer.weight, a=relu_slope, nonlinearity="leaky_relu")
-        if layer.bias is not None:
-            nn.init.zeros_(layer.bias)
+    init_weights(layer, init)
     # ConvTranspose2d keeps its output channels in dim 1 of the weight.
     normed = weight_norm(layer, dim=1 if isinstance(layer, nn.ConvTranspose2d) else 0)
     # Along dim 1 the scale comes out with strides (1, 1, 1, 1); DDP's gradient buckets follow a

@@ -55,9 +55,11 @@ from gan_models.nets.layers import (
     ImageShape,
     MinibatchDiscrimination,
     SymmetricSigmoid,
+    WeightInit,
     data_dependent_init,
     fix,
     image_numel,
+    init_weights,
     wn,
 )
 
@@ -70,16 +72,37 @@ MLP_HIDDEN_NOISE = 0.5
 # improved-gan initialises on 500 training images (`init_param(trainx[:500])`).
 INIT_IMAGES = 500
 
+WeightInitName = Literal["improved-gan", "he"]
+# Each net's initial weights (`SSGANOptions.weight_init`): improved-gan's scripts (its MNIST `DenseLayer`
+# draws N(0, 0.1), the SVHN script N(0, 0.05), Lasagne's default is Glorot), or the earlier code's He
+# init of the D's hidden layers and PyTorch's defaults elsewhere. The conv G is N(0, 0.05) under both.
+WEIGHT_INITS: dict[str, dict[str, WeightInit]] = {
+    "improved-gan": {
+        "mlp_d": ("normal", 0.1),
+        "mlp_d_head": ("normal", 0.1),
+        "mlp_g": ("glorot", 0.0),
+        "conv_d": ("normal", 0.05),
+        "conv_d_head": ("normal", 0.05),
+    },
+    "he": {
+        "mlp_d": ("he", 0.0),
+        "mlp_d_head": None,
+        "mlp_g": None,
+        "conv_d": ("he", 0.2),
+        "conv_d_head": None,
+    },
+}
+
 
 def _classifier_head(
-    in_features: int, num_classes: int, minibatch: tuple[int, int] | None, init_scale: float
+    in_features: int, num_classes: int, minibatch: tuple[int, int] | None, init_scale: float, init: WeightInit
 ) -> tuple[nn.Module, nn.Module]:
     """(optional minibatch discrimination, weight-normed linear to K logits, its scale trained)."""
     mbd: nn.Module = nn.Identity()
     if minibatch is not None:
         mbd = MinibatchDiscrimination(in_features, *minibatch)
         in_features = mbd.out_features
-    return mbd, wn(nn.Linear(in_features, num_classes), init_scale=init_scale)
+    return mbd, wn(nn.Linear(in_features, num_classes), init, init_scale=init_scale)
 
 
 class _SSGANDiscriminator(nn.Module):
@@ -122,15 +145,17 @@ class SSGANConvDiscriminator(_SSGANDiscriminator):
         dropout: float,
         minibatch: tuple[int, int] | None = None,
         train_hidden_scales: bool = False,
+        weight_init: WeightInitName = "improved-gan",
     ) -> None:
         super().__init__()
+        inits = WEIGHT_INITS[weight_init]
         nc = image_shape[0]
         df, df2 = d_features, 2 * d_features
         self.image_shape = image_shape
         self.num_classes = num_classes
 
         def conv(cin: int, cout: int, k: int, stride: int = 1, pad: int = 1) -> list[nn.Module]:
-            layer = wn(nn.Conv2d(cin, cout, k, stride, pad), relu_slope=0.2, train_scale=train_hidden_scales)
+            layer = wn(nn.Conv2d(cin, cout, k, stride, pad), inits["conv_d"], train_scale=train_hidden_scales)
             return [layer, nn.LeakyReLU(0.2, True)]
 
         self.trunk = nn.Sequential(
@@ -151,7 +176,9 @@ class SSGANConvDiscriminator(_SSGANDiscriminator):
         )
         self.feature_dim = df2
         # improved-gan's output layer: init std 0.1, its scale trained.
-        self.minibatch, self.head = _classifier_head(df2, num_classes, minibatch, init_scale=0.1)
+        self.minibatch, self.head = _classifier_head(
+            df2, num_classes, minibatch, init_scale=0.1, init=inits["conv_d_head"]
+        )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.device.type == "cpu" and self.cpu_chunk is not None and len(x) > self.cpu_chunk:
@@ -175,8 +202,10 @@ class SSGANMLPDiscriminator(_SSGANDiscriminator):
         hidden: tuple[int, ...] = MLP_HIDDEN,
         input_noise: float = 0.6,
         train_hidden_scales: bool = False,
+        weight_init: WeightInitName = "improved-gan",
     ) -> None:
         super().__init__()
+        inits = WEIGHT_INITS[weight_init]
         self.image_shape = image_shape
         self.num_classes = num_classes
         layers: list[nn.Module] = [nn.Flatten(), GaussianNoise(input_noise)]
@@ -185,7 +214,7 @@ class SSGANMLPDiscriminator(_SSGANDiscriminator):
             if i > 0:
                 layers.append(GaussianNoise(MLP_HIDDEN_NOISE))
             layers += [
-                wn(nn.Linear(width, out), relu_slope=0.0, train_scale=train_hidden_scales),
+                wn(nn.Linear(width, out), inits["mlp_d"], train_scale=train_hidden_scales),
                 nn.ReLU(True),
             ]
             width = out
@@ -193,7 +222,9 @@ class SSGANMLPDiscriminator(_SSGANDiscriminator):
         self.feature_dim = width
         self.head_noise = GaussianNoise(MLP_HIDDEN_NOISE)
         # improved-gan's MNIST output layer (its older `DenseLayer`): init std 1, its scale trained.
-        self.minibatch, self.head = _classifier_head(width, num_classes, minibatch, init_scale=1.0)
+        self.minibatch, self.head = _classifier_head(
+            width, num_classes, minibatch, init_scale=1.0, init=inits["mlp_d_head"]
+        )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         features = self.trunk(x)
@@ -222,18 +253,23 @@ class SSGANMLPGenerator(nn.Module):
         hidden: int = 500,
         bn_scale: bool = False,
         output: Literal["sigmoid", "tanh"] = "tanh",
+        weight_init: WeightInitName = "improved-gan",
     ) -> None:
         super().__init__()
+        init = WEIGHT_INITS[weight_init]["mlp_g"]
         self.input_dim = latent_dim
         self.image_shape = image_shape
-        out = wn(nn.Linear(hidden, image_numel(image_shape)), init_scale=None)
+        out = wn(nn.Linear(hidden, image_numel(image_shape)), init, init_scale=None)
+        first, second = nn.Linear(latent_dim, hidden, bias=False), nn.Linear(hidden, hidden, bias=False)
+        init_weights(first, init)
+        init_weights(second, init)
         # improved-gan's `l2normalize` starts every output unit's weight norm at 1.
         nn.init.ones_(out.parametrizations.weight.original0)
         self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden, bias=False),
+            first,
             _batch_norm(nn.BatchNorm1d, hidden, bn_scale),
             nn.Softplus(),
-            nn.Linear(hidden, hidden, bias=False),
+            second,
             _batch_norm(nn.BatchNorm1d, hidden, bn_scale),
             nn.Softplus(),
             out,
@@ -319,6 +355,11 @@ class SSGANOptions(ModelOptions):
         "improved-gan", description="32x32/64x64 generator: improved-gan's 5x5 one, or the DCGAN generator"
     )
     g_bn_scale: bool = Field(False, description="learn the generator's batch-norm scales (improved-gan: no)")
+    weight_init: WeightInitName = Field(
+        "improved-gan",
+        description="initial weights: improved-gan's (N(0, 0.1) MNIST D, N(0, 0.05) conv D, Glorot MNIST G) "
+        "or He's in the D's hidden layers and PyTorch's defaults elsewhere",
+    )
     # tanh, not improved-gan's sigmoid, by measurement: the sigmoid learns faster for 12 epochs, then
     # the generator collapsed in both seeds run longer (benchmarks/RESULTS.md).
     g_output: Literal["sigmoid", "tanh"] = Field(
@@ -333,7 +374,11 @@ def build(options: SSGANOptions, image_shape: ImageShape, num_classes: int) -> M
     if (h, w) == (28, 28):
         return {
             "generator": SSGANMLPGenerator(
-                options.latent_dim, image_shape, bn_scale=options.g_bn_scale, output=options.g_output
+                options.latent_dim,
+                image_shape,
+                bn_scale=options.g_bn_scale,
+                output=options.g_output,
+                weight_init=options.weight_init,
             ),
             "discriminator": SSGANMLPDiscriminator(
                 image_shape,
@@ -341,6 +386,7 @@ def build(options: SSGANOptions, image_shape: ImageShape, num_classes: int) -> M
                 options.minibatch,
                 input_noise=options.input_noise,
                 train_hidden_scales=options.train_hidden_scales,
+                weight_init=options.weight_init,
             ),
         }
     if h == w and h in (32, 64):
@@ -361,6 +407,7 @@ def build(options: SSGANOptions, image_shape: ImageShape, num_classes: int) -> M
                 options.d_dropout,
                 options.minibatch,
                 train_hidden_scales=options.train_hidden_scales,
+                weight_init=options.weight_init,
             ),
         }
     raise unsupported(options.name, image_shape, "square sides 28 (MLP nets), 32, 64")
