@@ -84,6 +84,39 @@ def test_hidden_scales_stay_fixed_in_a_step_and_the_output_scale_trains() -> Non
     assert not any(is_fixed(p) for p in with_trained.parameters())
 
 
+@pytest.mark.parametrize(("shape", "std"), [((1, 28, 28), 0.1), ((3, 32, 32), 0.05)])
+def test_discriminator_starts_from_improved_gans_weights(shape: tuple[int, int, int], std: float) -> None:
+    """improved-gan's MNIST `DenseLayer` draws N(0, 0.1), its SVHN script N(0, 0.05); biases start at 0.
+    Under weight norm the draw's size sets each layer's step size, so He's init is an option, not this."""
+    torch.manual_seed(0)
+    nets = {
+        init: build_models(load_config(None, [f"model.weight_init={init}"]).model, shape, 10)["discriminator"]
+        for init in ("improved-gan", "he")
+    }
+    for init, d in nets.items():
+        for layer in _weight_normed(d):
+            v = layer.parametrizations.weight.original1
+            if init == "improved-gan":
+                assert abs(v.std().item() - std) < 0.1 * std
+                assert torch.count_nonzero(layer.bias) == 0
+            elif layer is not d.head:  # He: std sqrt(2 / fan_in) in the hidden layers
+                fan_in = v[0].numel()
+                assert abs(v.std().item() - (2 / fan_in) ** 0.5) < 0.2 * (2 / fan_in) ** 0.5
+
+
+def test_mnist_generator_starts_from_glorot_weights() -> None:
+    """Lasagne's DenseLayer default (improved-gan's MNIST G): Glorot uniform, bias 0."""
+    torch.manual_seed(0)
+    g = build_models(load_config(None, []).model, (1, 28, 28), 10)["generator"]
+    for layer in [m for m in g.modules() if isinstance(m, nn.Linear)]:
+        w = getattr(layer, "parametrizations", None)
+        w = w.weight.original1 if w is not None else layer.weight
+        fan_out, fan_in = w.shape
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert w.abs().max() <= bound and w.abs().max() > 0.99 * bound
+        assert layer.bias is None or torch.count_nonzero(layer.bias) == 0
+
+
 def test_generator_batch_norm_has_no_learned_scale_by_default() -> None:
     g = build_models(load_config(None, ["model.g_features=8"]).model, (3, 32, 32), 10)["generator"]
     bns = [m for m in g.modules() if isinstance(m, nn.BatchNorm2d)]
