@@ -12,8 +12,10 @@ each deviation that could change learning is an option whose default is the refe
   (`SSGANConvGenerator`; `generator=dcgan` takes `DCGANGenerator` instead);
 - 28x28 (MNIST): an MLP D with Gaussian noise on every layer's input (`input_noise` 0.6 on [-1, 1]
   pixels is the reference's 0.3 on [0, 1]) and the 500-500 softplus MLP generator;
-- every weight-normed layer gets improved-gan's data-dependent init before the first step
-  (`data_init`), and only the output layers train their scales (`train_hidden_scales`);
+- the weights start as the reference's do (`weight_init`: N(0, 0.1) in the MNIST D, N(0, 0.05) in the
+  conv nets, Glorot in the MNIST G; under weight norm their size sets each layer's step size), every
+  weight-normed layer gets improved-gan's data-dependent init before the first step (`data_init`),
+  and only the output layers train their scales (`train_hidden_scales`);
 - the generator's noise is uniform on [0, 1] (`latent`); feature matching is the mean |difference| of
   mean features on the conv nets and its square on the MLP (`train.feature_matching_distance`), against
   an independent unlabelled batch (`train.feature_matching_target`); Adam's epsilon and the test-time
