@@ -204,8 +204,9 @@ def _commit() -> str:
     head = git("rev-parse", "--short", "HEAD")
     if head.returncode:
         return "unknown"
-    # Results files (this one's rows, RESULTS.md) change while runs go on; only code counts.
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "gan_models", "pipelines", "*.py")
+    # Results files (this one's rows, RESULTS.md) and tests change while runs go on; only the code a
+    # run imports counts.
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "gan_models", "benchmarks/*.py")
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
