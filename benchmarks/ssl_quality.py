@@ -168,7 +168,9 @@ def run(
             flush=True,
         )
 
-    out = Path("/tmp/ganops-bench") / f"{dataset}-{mode}-{seed}"
+    # One directory per run: the loop resumes from a checkpoint it finds there.
+    runs = hashlib.sha1(json.dumps([epochs, decay, extra]).encode()).hexdigest()[:8]
+    out = Path("/tmp/ganops-bench") / f"{dataset}-{mode}-{seed}-{runs}"
     commit = _commit()  # at the start: the code this run imported
     started = time.perf_counter()
     result = train(cfg, ds, out_dir=out, hooks=TrainHooks(on_epoch=on_epoch))
