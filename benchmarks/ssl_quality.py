@@ -134,6 +134,7 @@ def run(
     dataset: str, mode: str, seed: int, epochs: int, decay: int | None, data_root: Path, extra: list[str]
 ) -> dict:
     from gan_models.metrics.accuracy import classifier_accuracy
+    from gan_models.nets import convolutional
     from gan_models.training.loop import TrainHooks, resolve_precision, train
 
     overrides = DATASETS[dataset] + [
@@ -187,7 +188,11 @@ def run(
         "train_s": round(trained_s[0], 1),
         "wall_s": round(wall, 1),
         "threads": torch.get_num_threads(),
-        "precision": resolve_precision(cfg.train.precision, torch.device("cpu")),
+        "precision": resolve_precision(
+            cfg.train.precision,
+            torch.device("cpu"),
+            convolutional=convolutional(cfg.model, ds.image_shape, ds.num_classes),
+        ),
         "test_error": round(raw.error, 5),
         "test_error_ema": round(ema.error, 5),
         "overrides": extra,

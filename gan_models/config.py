@@ -126,7 +126,8 @@ class TrainConfig(_Section):
     grad_clip: float | None = Field(None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="bf16: autocast the forward passes; auto: bf16 where the device has bf16 units"
+        "auto",
+        description="bf16: autocast the forward passes; auto: bf16 for conv nets where the device has bf16 units",
     )
     channels_last: Literal["auto"] | bool = Field(
         "auto", description="channels-last memory layout for convs; auto: on with bf16 (where it pays)"

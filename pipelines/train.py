@@ -35,6 +35,7 @@ from gan_models.data.prepare import open_verified, prepared_path
 from gan_models.data.prepared import MANIFEST, PreparedDataset, sha256_file
 from gan_models.errors import DatasetError, GanOpsError
 from gan_models.io import write_text
+from gan_models.nets import convolutional
 from gan_models.training.checkpoint import read_resume_info, resume_source
 from gan_models.training.loop import (
     CHECKPOINT_NAME,
@@ -182,7 +183,11 @@ def run_training(
         if checks.target is not None:  # the run id in the checkpoint continues the same MLflow run
             tracker = RunTracker.start(checks.target, cfg, run_name, checks.tags, run_id=extra.get(EXTRA_KEY))
             # What `auto` chose on this machine (the same function the loop applies).
-            precision = resolve_precision(cfg.train.precision, device or resolve_device(cfg.train.device))
+            precision = resolve_precision(
+                cfg.train.precision,
+                device or resolve_device(cfg.train.device),
+                convolutional=convolutional(cfg.model, dataset.image_shape, dataset.num_classes),
+            )
             channels_last = resolve_channels_last(cfg.train.channels_last, precision)
             tracker.set_tags({"precision": precision, "channels_last": str(channels_last).lower()})
     live: dict[str, nn.Module] = {}

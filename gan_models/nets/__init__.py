@@ -124,3 +124,11 @@ def build_models(
     if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) <= 0:
         raise unsupported(options.name, shape, "(C, H, W) with C in {1, 3}")
     return family(options).build(options, shape, num_classes)
+
+
+def convolutional(options: ModelOptions, image_shape: tuple[int, ...], num_classes: int) -> bool:
+    """Whether the nets `options` builds for these images convolve (built on the meta device: no
+    memory, no init); the MLP nets (MNIST's semi-supervised GAN, `mlp`) do not."""
+    with torch.device("meta"):
+        models = build_models(options, image_shape, num_classes)
+    return any(isinstance(m, nn.modules.conv._ConvNd) for net in models.values() for m in net.modules())

@@ -26,7 +26,7 @@ from gan_models.config import Config, TrainConfig
 from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import DatasetError, GanOpsError
 from gan_models.io import remove_stale_temporaries, write_with
-from gan_models.nets import build_models, family, sample_latent, split_modules
+from gan_models.nets import build_models, convolutional, family, sample_latent, split_modules
 from gan_models.nets.family import Objective
 from gan_models.nets.layers import trainable
 from gan_models.training.batches import DeviceData, iterate_batches, steps_per_epoch
@@ -126,14 +126,21 @@ def cpu_model() -> str:
     return _cpuinfo("model name") or platform.processor() or "unknown CPU"
 
 
-def resolve_precision(requested: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
-    """ "fp32" or "bf16" for `train.precision` on `device`; `auto` takes bf16 only where it runs on bf16 units.
+def resolve_precision(
+    requested: str, device: torch.device, flags: frozenset[str] | None = None, *, convolutional: bool = True
+) -> str:
+    """ "fp32" or "bf16" for `train.precision` on `device`; `auto` takes bf16 only for convolutional nets
+    where they run on bf16 units.
 
     On CPUs without AVX512-BF16 or AMX, bf16 autocast is emulated and slower than fp32 (an AVX2 machine:
-    benchmarks/RESULTS.md); `flags` defaults to this machine's CPU flags.
+    benchmarks/RESULTS.md); `flags` defaults to this machine's CPU flags. MLP nets gain about 1.1x from
+    bf16 on a CPU, and the MNIST semi-supervised GAN's training collapsed under it where fp32 learned
+    (RESULTS.md), so `auto` keeps them in fp32.
     """
     if requested != "auto":
         return requested
+    if not convolutional:
+        return "fp32"
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if (cpu_flags() if flags is None else flags) & BF16_CPU_FLAGS else "fp32"
@@ -249,7 +256,9 @@ def train(
         state.averaging = {n: HistoricalAveraging(models[n], tc.historical_averaging) for n in main_nets}
     lr_factor = _lr_factor(cfg)
     # bf16 autocast (no loss scaling needed, unlike fp16) and channels-last layouts for tensor cores.
-    precision = resolve_precision(tc.precision, device)
+    precision = resolve_precision(
+        tc.precision, device, convolutional=convolutional(cfg.model, dataset.image_shape, dataset.num_classes)
+    )
     autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, precision == "bf16")
     layout = (
         torch.channels_last if resolve_channels_last(tc.channels_last, precision) else torch.contiguous_format

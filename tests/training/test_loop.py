@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gan_models.config import load_config
 from gan_models.data.prepared import PreparedDataset
 from gan_models.training.batches import shard_indices
 from gan_models.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -251,6 +252,30 @@ def test_precision_auto_takes_bf16_only_on_cpus_with_bf16_units() -> None:
     )
     assert resolve_channels_last("auto", "bf16") and not resolve_channels_last("auto", "fp32")
     assert resolve_channels_last(True, "fp32")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shape", "convolves"),
+    [
+        (["model.name=ssgan"], (1, 28, 28), False),  # improved-gan's MNIST MLPs
+        (["model.name=mlp-gan"], (1, 28, 28), False),
+        (["model.name=ssgan"], (3, 32, 32), True),
+        (["model.name=dcgan"], (1, 28, 28), True),
+        (["model.name=sngan"], (3, 32, 32), True),
+        (["model.name=stackedgan"], (1, 28, 28), True),
+    ],
+)
+def test_precision_auto_keeps_mlp_nets_in_fp32(overrides: list[str], shape: tuple, convolves: bool) -> None:
+    """bf16 buys the MLPs little on a CPU, and the MNIST semi-supervised GAN collapsed under it."""
+    from gan_models.nets import convolutional
+    from gan_models.training.loop import resolve_precision
+
+    cfg = load_config(None, overrides)
+    assert convolutional(cfg.model, shape, 10) == convolves
+    bf16_cpu = frozenset({"avx2", "avx512_bf16"})
+    chosen = resolve_precision("auto", torch.device("cpu"), bf16_cpu, convolutional=convolves)
+    assert chosen == ("bf16" if convolves else "fp32")
+    assert resolve_precision("bf16", torch.device("cpu"), bf16_cpu, convolutional=False) == "bf16"
 
 
 def test_the_loop_clips_the_gradients_it_steps_with(mnist_like: PreparedDataset, tmp_path: Path) -> None:
