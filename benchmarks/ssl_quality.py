@@ -227,25 +227,28 @@ def summary() -> None:
     rows = read_rows(RESULTS)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        # Rows are comparable when the schedule and every override match; seeds are what varies.
+        # Rows are comparable when the schedule, the precision (recorded since 2026-12-04) and every
+        # override match; seeds are what varies.
         key = (
             r["dataset"],
             r["mode"],
             r["labels"],
             r["epochs"],
             r["lr_decay_start"] or 0,
+            r.get("precision", "-"),
             " ".join(r["overrides"]),
         )
         groups.setdefault(key, []).append(r)
     print(
         f"{'dataset':15s} {'mode':10s} {'labels':>6s} {'epochs':>6s} {'decay':>5s} {'seeds':>5s} "
-        f"{'error % (EMA D)':>18s} {'error % (raw D)':>18s} {'train min':>10s}  overrides"
+        f"{'error % (EMA D)':>18s} {'error % (raw D)':>18s} {'train min':>10s} {'prec':>4s}  overrides"
     )
-    for (dataset, mode, labels, epochs, decay, overrides), rs in sorted(groups.items()):
+    for (dataset, mode, labels, epochs, decay, precision, overrides), rs in sorted(groups.items()):
         minutes = statistics.mean(r.get("train_s", r.get("train_wall_s", 0)) for r in rs) / 60
         print(
             f"{dataset:15s} {mode:10s} {labels:6d} {epochs:6d} {decay:5d} {len(rs):5d} "
-            f"{_mean_std(rs, 'test_error_ema'):>18s} {_mean_std(rs, 'test_error'):>18s} {minutes:10.1f}  {overrides}"
+            f"{_mean_std(rs, 'test_error_ema'):>18s} {_mean_std(rs, 'test_error'):>18s} {minutes:10.1f} "
+            f"{precision:>4s}  {overrides}"
         )
 
 
