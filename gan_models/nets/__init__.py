@@ -130,5 +130,9 @@ def convolutional(options: ModelOptions, image_shape: tuple[int, ...], num_class
     """Whether the nets `options` builds for these images convolve (built on the meta device: no
     memory, no init); the MLP nets (MNIST's semi-supervised GAN, `mlp`) do not."""
     with torch.device("meta"):
-        models = build_models(options, image_shape, num_classes)
+        return has_convolutions(build_models(options, image_shape, num_classes))
+
+
+def has_convolutions(models: dict[str, nn.Module]) -> bool:
+    """Whether any of the built `models` convolves."""
     return any(isinstance(m, nn.modules.conv._ConvNd) for net in models.values() for m in net.modules())

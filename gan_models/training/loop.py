@@ -26,7 +26,7 @@ from gan_models.config import Config, TrainConfig
 from gan_models.data.prepared import PreparedDataset
 from gan_models.errors import DatasetError, GanOpsError
 from gan_models.io import remove_stale_temporaries, write_with
-from gan_models.nets import build_models, convolutional, family, sample_latent, split_modules
+from gan_models.nets import build_models, family, has_convolutions, sample_latent, split_modules
 from gan_models.nets.family import Objective
 from gan_models.nets.layers import trainable
 from gan_models.training.batches import DeviceData, iterate_batches, steps_per_epoch
@@ -256,9 +256,7 @@ def train(
         state.averaging = {n: HistoricalAveraging(models[n], tc.historical_averaging) for n in main_nets}
     lr_factor = _lr_factor(cfg)
     # bf16 autocast (no loss scaling needed, unlike fp16) and channels-last layouts for tensor cores.
-    precision = resolve_precision(
-        tc.precision, device, convolutional=convolutional(cfg.model, dataset.image_shape, dataset.num_classes)
-    )
+    precision = resolve_precision(tc.precision, device, convolutional=has_convolutions(models))
     autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, precision == "bf16")
     layout = (
         torch.channels_last if resolve_channels_last(tc.channels_last, precision) else torch.contiguous_format
